@@ -1,0 +1,29 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Both do every set-up step on a fresh machine (venv, torch first, the project,
+# Debian packages) and are quiet and fast on a second run.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.collapse-installed
+
+.PHONY: test setup system bench clean-state
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+setup: $(STAMP) system
+
+# torch first, from the pinned CPU build: deepspeed's unpinned torch would
+# otherwise resolve a CUDA build of several GB.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+# Debian packages the tests need (Ceph's S3 gateway, Fashion-MNIST); installs only what is missing.
+system:
+	@bash infra/install-system.sh
+
+bench: setup
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

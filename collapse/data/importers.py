@@ -1,0 +1,288 @@
+"""Importers: turn a real image source into sample sets ``<out>/train`` (and ``<out>/holdout``).
+
+Sources (``collapse ingest SOURCE --out URL``):
+
+    fashion-mnist       Debian package dataset-fashion-mnist (IDX .gz files); holdout from its test split
+    digits              scikit-learn's 1797 real 8x8 digits (0..16 scaled to 0..255)
+    folder:PATH         every .png/.jpg/.jpeg/.bmp/.webp file under PATH, sorted by path
+    npy:PATH            a .npy (N, H, W[, C]) uint8 array, or a .npz with 'images' (or 'x') and 'labels' (or 'y')
+    wds:URL             existing WebDataset shards (brace patterns allowed) with .png/.jpg and .cls/.json members
+
+Options: resize to ``size`` x ``size`` (Lanczos), convert to ``grey`` or ``rgb``, take a seeded subset
+of ``n`` training images, and split off ``holdout`` images (disjoint from the training subset).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from collapse.data import storage
+from collapse.data.manifest import config_hash, try_read_manifest
+from collapse.data.samples import Sample, iter_tar_samples, write_sample_set
+from collapse.errors import DataError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class Source:
+    """A random-access real image source: ``load(i) -> uint8 image`` for i < count, labels when known."""
+    name: str
+    count: int
+    load: Callable[[int], np.ndarray]
+    labels: Sequence | None
+    origin: Callable[[int], str]
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of (Fashion-)MNIST."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise DataError(f"{path}: not an unsigned-byte IDX file (header {data[:4].hex()})")
+        dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+        body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if body.size != int(np.prod(dims)):
+            raise DataError(f"{path}: truncated IDX file ({body.size} bytes of data, expected {int(np.prod(dims))})")
+        return body.reshape(dims)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found: install the Debian package dataset-fashion-mnist "
+                        "(infra/install-system.sh does)") from None
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"{path}: not a readable IDX file ({e})") from e
+
+
+def _array_source(name: str, images: np.ndarray, labels, origin_prefix: str) -> Source:
+    return Source(name, len(images), lambda i: images[i], labels, lambda i: f"{origin_prefix}:{i}")
+
+
+def fashion_mnist(split: str, root: str = FASHION_MNIST_DIR) -> Source:
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
+    if len(images) != len(labels):
+        raise DataError(f"fashion-mnist {split}: {len(images)} images but {len(labels)} labels")
+    return _array_source("fashion-mnist", images, [int(v) for v in labels], split)
+
+
+def digits() -> Source:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return _array_source("digits", images, [int(v) for v in d.target], "digits")
+
+
+def folder(path: str) -> Source:
+    if not os.path.isdir(path):
+        raise DataError(f"folder {path!r} does not exist or is not a directory")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DataError(f"folder {path!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def load(i):
+        try:
+            with Image.open(files[i]) as im:
+                return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im).copy()
+        except Exception as e:
+            raise DataError(f"{files[i]}: not a readable image ({e})") from e
+    return Source("folder", len(files), load, None, lambda i: os.path.relpath(files[i], path))
+
+
+def numpy_file(path: str) -> Source:
+    try:
+        obj = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"array file {path!r} not found") from None
+    except Exception as e:
+        raise DataError(f"{path!r}: not a readable .npy/.npz file ({e})") from e
+    labels = None
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        names = set(obj.files)
+        key = next((k for k in ("images", "x") if k in names), None)
+        if key is None:
+            raise DataError(f"{path!r}: an .npz needs an 'images' (or 'x') array, it has {sorted(names)}")
+        images = obj[key]
+        lk = next((k for k in ("labels", "y") if k in names), None)
+        labels = [int(v) for v in obj[lk]] if lk else None
+    else:
+        images = obj
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
+        raise DataError(f"{path!r}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3), got {images.shape}")
+    if images.dtype != np.uint8:
+        if not np.issubdtype(images.dtype, np.integer) or images.min() < 0 or images.max() > 255:
+            raise DataError(f"{path!r}: images must be uint8 (or integers in 0..255), got {images.dtype}")
+        images = images.astype(np.uint8)
+    if labels is not None and len(labels) != len(images):
+        raise DataError(f"{path!r}: {len(images)} images but {len(labels)} labels")
+    return _array_source("array", images, labels, os.path.basename(path))
+
+
+def webdataset_urls(pattern: str, storage_options: dict | None = None) -> Source:
+    from braceexpand import braceexpand
+    urls = list(braceexpand(pattern))
+    records = []  # (image bytes, label, origin) of every sample; decoded lazily
+    for url in urls:
+        try:
+            data = storage.read_bytes(url, storage_options)
+        except FileNotFoundError:
+            raise DataError(f"WebDataset shard {url!r} not found") from None
+        records.extend(_foreign_samples(data, url))
+    labels = [r[1] for r in records]
+
+    def load(i):
+        from collapse.data.samples import decode_png
+        return decode_png(records[i][0], records[i][2])
+    return Source("wds", len(records), load, labels if all(v is not None for v in labels) else None,
+                  lambda i: records[i][2])
+
+
+def _foreign_samples(data: bytes, url: str):
+    import tarfile
+    groups: dict[str, dict] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                if info.isfile():
+                    key, _, ext = info.name.partition(".")
+                    groups.setdefault(key, {})[ext.lower()] = tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{url}: not a readable tar shard ({e})") from e
+    for key, parts in groups.items():
+        img = next((parts[e] for e in ("png", "jpg", "jpeg", "webp") if e in parts), None)
+        if img is None:
+            raise DataError(f"{url}: sample {key!r} has no image member (.png/.jpg/.jpeg/.webp)")
+        label = None
+        if "cls" in parts:
+            label = int(parts["cls"].decode().strip())
+        elif "json" in parts:
+            label = json.loads(parts["json"]).get("label")
+        yield img, label, f"{url}#{key}"
+
+
+def open_source(spec: str, storage_options: dict | None = None) -> tuple[Source, Source | None]:
+    """``(train source, held-out source or None)`` for a source spec (see the module docstring)."""
+    if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return fashion_mnist("train"), fashion_mnist("test")
+    if spec == "digits":
+        return digits(), None
+    kind, _, arg = spec.partition(":")
+    if kind == "folder" and arg:
+        return folder(arg), None
+    if kind == "npy" and arg:
+        return numpy_file(arg), None
+    if kind == "wds" and arg:
+        return webdataset_urls(arg, storage_options), None
+    raise DataError(f"unknown source {spec!r}: expected fashion-mnist, digits, folder:PATH, npy:PATH or wds:URL")
+
+
+def transform(image: np.ndarray, size: int | None, mode: str | None, where: str) -> np.ndarray:
+    """Convert to ``mode`` ('grey' or 'rgb') and resize to size x size (Lanczos)."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise DataError(f"{where}: expected a uint8 grey or RGB image, got {image.dtype} {image.shape}")
+    im = Image.fromarray(image)
+    if mode == "grey" and im.mode != "L":
+        im = im.convert("L")
+    elif mode == "rgb" and im.mode != "RGB":
+        im = im.convert("RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im)
+
+
+def _key(name: str, split: str, index: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"{name}-{split}-{index:06d}")
+
+
+def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None = None, n: int | None = None,
+           holdout: int = 0, seed: int = 0, shard_size: int = 1000, overwrite: bool = False,
+           storage_options: dict | None = None, progress=print) -> dict:
+    """Import ``spec`` into ``<out>/train`` (and ``<out>/holdout``). Returns ``{split: manifest}``.
+
+    Resumable and idempotent: a finished import with the same options is a no-op; one with other
+    options is refused unless ``overwrite``.
+    """
+    if mode not in (None, "grey", "rgb"):
+        raise DataError(f"mode must be 'grey' or 'rgb', got {mode!r}")
+    if size is not None and size < 1:
+        raise DataError(f"size must be a positive number of pixels, got {size}")
+    if n is not None and n < 1:
+        raise DataError(f"n must be >= 1, got {n}")
+    if holdout < 0:
+        raise DataError(f"holdout must be >= 0, got {holdout}")
+    options = {"source": spec, "size": size, "mode": mode, "n": n, "holdout": holdout, "seed": seed}
+    chash = config_hash(options)
+    splits = {"train": storage.join(out_url, "train")}
+    if holdout:
+        splits["holdout"] = storage.join(out_url, "holdout")
+    existing = {s: try_read_manifest(u, storage_options) for s, u in splits.items()}
+    if all(m is not None and m.get("config_hash") == chash for m in existing.values()):
+        progress(f"ingest: {out_url} already holds this import (config {chash}); nothing to do")
+        return existing
+    stale = [u for s, u in splits.items() if existing[s] is not None and existing[s].get("config_hash") != chash]
+    if stale and not overwrite:
+        raise DataError(f"{stale[0]!r} already holds a different import; pass --overwrite to replace it")
+
+    train_src, test_src = open_source(spec, storage_options)
+    rng = np.random.default_rng(seed)
+    pool = rng.permutation(train_src.count)
+    if test_src is not None:
+        hold_src, hold_idx = test_src, np.random.default_rng(seed + 1).permutation(test_src.count)[:holdout]
+        if holdout > test_src.count:
+            raise DataError(f"holdout={holdout} is larger than the {test_src.count} held-out images of {spec!r}")
+    else:
+        if holdout >= train_src.count:
+            raise DataError(f"holdout={holdout} leaves no training images of the {train_src.count} in {spec!r}")
+        hold_src, hold_idx, pool = train_src, pool[:holdout], pool[holdout:]
+    if n is not None and n > len(pool):
+        raise DataError(f"n={n} is larger than the {len(pool)} training images available in {spec!r}")
+    train_idx = np.sort(pool[:n] if n is not None else pool)
+    hold_idx = np.sort(hold_idx)
+
+    manifests = {}
+    for split, src, idx in (("train", train_src, train_idx), ("holdout", hold_src, hold_idx)):
+        if split not in splits:
+            continue
+        if existing[split] is not None and existing[split].get("config_hash") == chash:
+            manifests[split] = existing[split]
+            continue
+        split_name = "test" if (split == "holdout" and test_src is not None) else "train"
+        shape = None
+
+        def samples():
+            nonlocal shape
+            for j, i in enumerate(idx):
+                where = f"{spec} image {src.origin(int(i))}"
+                img = transform(src.load(int(i)), size, mode, where)
+                if shape is None:
+                    shape = img.shape
+                elif img.shape != shape:
+                    raise DataError(f"{where}: image shape {img.shape}, expected {shape} like the first image "
+                                    "(pass --size to resize every image)")
+                meta = {"source": "real", "dataset": src.name, "origin": src.origin(int(i))}
+                if src.labels is not None:
+                    meta["label"] = src.labels[int(i)]
+                if (j + 1) % 5000 == 0:
+                    progress(f"ingest {split}: {j + 1}/{len(idx)}")
+                yield Sample(_key(src.name, split_name, int(i)), img, meta)
+        manifests[split] = write_sample_set(splits[split], samples(), shard_size=shard_size, config_hash=chash,
+                                            extra={"ingest": options}, overwrite=overwrite or existing[split] is not None,
+                                            storage_options=storage_options)
+        progress(f"ingest: wrote {manifests[split]['count']} images {tuple(manifests[split]['shape'])} "
+                 f"to {splits[split]}")
+    return manifests

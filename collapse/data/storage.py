@@ -1,0 +1,151 @@
+"""Every byte of storage goes through fsspec; this module opens file systems and writes atomically.
+
+Endpoint and credentials come from `storage_options` (``endpoint_url``, ``key``, ``secret``) or the
+standard environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). They are never
+written into manifests, configs or logs: nothing here serialises them.
+
+Atomicity (measured, see shared/design/PLATFORM.md): an S3 object is invisible until its upload
+completes, so object stores get one ``put``/``pipe`` of finished bytes; ``file://`` and
+``memory://`` show partial data while writing, so those get a temporary name and a rename.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from collapse.errors import StorageError
+
+#: Schemes a run directory may live on. Others are refused with a clear error.
+SUPPORTED_SCHEMES = ("file", "local", "s3", "s3a", "gs", "gcs", "memory")
+_OBJECT_STORES = ("s3", "s3a", "gs", "gcs")
+
+# Fail fast on an unreachable endpoint instead of botocore's long default retries.
+_S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}}
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme; a bare path is ``file``."""
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a URL, refusing unknown schemes by name."""
+    scheme = scheme_of(url)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise StorageError(
+            f"unsupported URL scheme {scheme!r} in {url!r}: expected one of {', '.join(SUPPORTED_SCHEMES)}")
+    options: dict[str, Any] = dict(storage_options or {})
+    if scheme in ("s3", "s3a"):
+        for k, v in _S3_DEFAULTS.items():
+            options.setdefault(k, v)
+    try:
+        fs, path = url_to_fs(url, **options)
+    except ImportError as e:
+        raise StorageError(f"cannot open {url!r}: the driver for {scheme!r} is not installed ({e})") from e
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path parts with '/', whatever the scheme."""
+    out = url.rstrip("/")
+    for p in parts:
+        out += "/" + str(p).strip("/")
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def storage_call(url: str, what: str, fn, *args, **kwargs):
+    """Run a storage call and turn transport and permission failures into a StorageError naming the URL."""
+    try:
+        return fn(*args, **kwargs)
+    except FileNotFoundError:
+        raise
+    except PermissionError as e:
+        raise StorageError(f"{what} {url!r}: access denied, check the credentials ({_describe(e)})") from e
+    except StorageError:
+        raise
+    except OSError as e:
+        raise StorageError(f"{what} {url!r}: storage error ({_describe(e)})") from e
+    except Exception as e:  # botocore/aiohttp connection errors are not OSErrors
+        name = type(e).__name__
+        if "Endpoint" in name or "Connect" in name or "Credential" in name or "ClientError" in name:
+            raise StorageError(f"{what} {url!r}: cannot reach the storage endpoint ({_describe(e)})") from e
+        raise
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``url`` so that a reader sees either nothing (or the old object) or all of it."""
+    fs, path = open_fs(url, storage_options)
+    storage_call(url, "cannot write", _write_atomic, fs, path, data, scheme_of(url))
+
+
+def _write_atomic(fs, path: str, data: bytes, scheme: str) -> None:
+    parent = path.rsplit("/", 1)[0]
+    if scheme in _OBJECT_STORES:
+        fs.pipe_file(path, data)  # one PUT or a multipart upload completed only at the end
+        return
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
+    fs.pipe_file(tmp, data)
+    if scheme in ("file", "local"):
+        os.replace(tmp, path)  # atomic on POSIX, even over an existing file
+    else:
+        fs.mv(tmp, path)
+
+
+def upload_file(local_path: str, url: str, storage_options: dict | None = None) -> None:
+    """Upload a finished local file atomically (same guarantee as :func:`write_bytes`)."""
+    with open(local_path, "rb") as f:
+        data = f.read()
+    write_bytes(url, data, storage_options)
+
+
+def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+    fs, path = open_fs(url, storage_options)
+    return storage_call(url, "cannot read", fs.cat_file, path)
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = open_fs(url, storage_options)
+    return bool(storage_call(url, "cannot check", fs.exists, path))
+
+
+def remove(url: str, storage_options: dict | None = None, recursive: bool = False) -> None:
+    fs, path = open_fs(url, storage_options)
+    if storage_call(url, "cannot check", fs.exists, path):
+        storage_call(url, "cannot delete", fs.rm, path, recursive=recursive)
+
+
+def list_names(url: str, storage_options: dict | None = None) -> list[str]:
+    """Base names directly under a directory URL (empty when it does not exist)."""
+    fs, path = open_fs(url, storage_options)
+    try:
+        entries = storage_call(url, "cannot list", fs.ls, path, detail=False, refresh=True) \
+            if scheme_of(url) in _OBJECT_STORES else storage_call(url, "cannot list", fs.ls, path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+
+def register_webdataset_schemes(storage_options: dict | None = None) -> None:
+    """Let plain ``webdataset.WebDataset("s3://...")`` read through fsspec in this process.
+
+    webdataset 1.0.2 has no s3 handler; we add one per process (file systems are not fork-safe).
+    """
+    import sys
+    import webdataset  # noqa: F401  (loads webdataset.gopen)
+    gopen_mod = sys.modules["webdataset.gopen"]
+
+    def _open(url, mode="rb", bufsize=8192, **kw):
+        fs, path = open_fs(url, storage_options)
+        return fs.open(path, mode)
+
+    for scheme in ("s3", "gs", "gcs", "memory"):
+        gopen_mod.gopen_schemes[scheme] = _open

@@ -1,0 +1,85 @@
+"""The one place that builds the URLs of a run (shared/design/ARCHITECTURE.md, "Run layout").
+
+``<run>`` is any fsspec URL (``file://``, ``s3://`` on any endpoint, ``gs://``, ``memory://``, or a
+bare local path). Every stage asks this module where to read and write; nothing else formats paths.
+
+    <run>/config.yaml                      resolved config and its hash
+    <run>/real/train/, <run>/real/holdout/ imported real data
+    <run>/<strategy>/gen-NNN/train/        the training set D_n (a sample set)
+    <run>/<strategy>/gen-NNN/model/        the trained model (diffusers format)
+    <run>/<strategy>/gen-NNN/pool/         sampled candidates (a sample set)
+    <run>/<strategy>/gen-NNN/selection/    what was kept, with the reason and score of each key
+    <run>/<strategy>/gen-NNN/metrics.json  every figure of that generation
+    <run>/report/                          the HTML report
+
+Features live inside the set they describe (``<set>/features/<extractor>.npy``), so every set
+(real, training set, pool) is featurized once, wherever it is.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from collapse.data.storage import join
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def gen_dir(generation: int) -> str:
+    if generation < 1:
+        raise ValueError(f"generation must be >= 1, got {generation}")
+    return f"gen-{generation:03d}"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def features_url(set_url: str, extractor: str) -> str:
+    return join(set_url, "features", extractor)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """URLs of one run rooted at ``root``."""
+    root: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", self.root.rstrip("/"))
+
+    @property
+    def config(self) -> str:
+        return join(self.root, "config.yaml")
+
+    @property
+    def metrics_log(self) -> str:
+        return join(self.root, "metrics.jsonl")
+
+    @property
+    def report(self) -> str:
+        return join(self.root, "report")
+
+    def real(self, split: str) -> str:
+        if split not in ("train", "holdout"):
+            raise ValueError(f"real split must be 'train' or 'holdout', got {split!r}")
+        return join(self.root, "real", split)
+
+    def generation(self, strategy: str, generation: int) -> str:
+        if not _NAME.match(strategy):
+            raise ValueError(f"strategy name {strategy!r} must match {_NAME.pattern}")
+        return join(self.root, strategy, gen_dir(generation))
+
+    def train_set(self, strategy: str, generation: int) -> str:
+        return join(self.generation(strategy, generation), "train")
+
+    def model(self, strategy: str, generation: int) -> str:
+        return join(self.generation(strategy, generation), "model")
+
+    def pool(self, strategy: str, generation: int) -> str:
+        return join(self.generation(strategy, generation), "pool")
+
+    def selection(self, strategy: str, generation: int) -> str:
+        return join(self.generation(strategy, generation), "selection")
+
+    def metrics(self, strategy: str, generation: int) -> str:
+        return join(self.generation(strategy, generation), "metrics.json")

@@ -1,0 +1,55 @@
+"""The ``collapse`` command. Thin: parse, validate, call down; errors print as one clear line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from collapse.errors import CollapseError
+
+
+def _storage_options(args) -> dict | None:
+    # Credentials come from the standard AWS_* variables; only the endpoint may be given here.
+    return {"endpoint_url": args.endpoint_url} if getattr(args, "endpoint_url", None) else None
+
+
+def cmd_ingest(args) -> int:
+    from collapse.data.importers import ingest
+    ingest(args.source, args.out, size=args.size, mode=args.mode, n=args.n, holdout=args.holdout, seed=args.seed,
+           shard_size=args.shard_size, overwrite=args.overwrite, storage_options=_storage_options(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="collapse", description="Model collapse in the self-consuming loop of "
+                                "diffusion models: measure it, and prevent it with entropy-based selection.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="import a real image source as sample sets <out>/train and <out>/holdout")
+    ing.add_argument("source", help="fashion-mnist | digits | folder:PATH | npy:PATH | wds:URL")
+    ing.add_argument("--out", required=True, help="output URL (local path, file://, s3://, memory://, gs://)")
+    ing.add_argument("--size", type=int, help="resize every image to SIZE x SIZE")
+    ing.add_argument("--mode", choices=("grey", "rgb"), help="convert every image to grey or RGB")
+    ing.add_argument("--n", type=int, help="a seeded subset of N training images")
+    ing.add_argument("--holdout", type=int, default=0, help="held-out real images to split off (default 0)")
+    ing.add_argument("--seed", type=int, default=0)
+    ing.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
+    ing.add_argument("--overwrite", action="store_true", help="replace a different earlier import at --out")
+    ing.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    ing.set_defaults(func=cmd_ingest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CollapseError as e:
+        print(f"collapse {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"collapse {args.command}: interrupted; nothing unfinished is visible as finished", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
