@@ -1,0 +1,138 @@
+"""Session-wide test set-up: S3 endpoints (local Ceph RADOS Gateway and moto).
+
+Fixtures:
+  ceph_s3      session: the real S3 gateway. Uses COLLAPSE_S3_ENDPOINT (+ AWS_ACCESS_KEY_ID,
+               AWS_SECRET_ACCESS_KEY) when set; otherwise starts infra/ceph/local-s3.sh in a
+               temporary directory and stops it at the end of the session.
+  ceph_bucket  function: (S3Endpoint, "s3://<fresh bucket>") on ceph_s3, emptied afterwards.
+  moto_s3      session: an in-process moto server on 127.0.0.1 (fast, an emulator).
+  moto_bucket  function: (S3Endpoint, "s3://<fresh bucket>") on moto_s3.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tests.s3_endpoint import CEPH_BINARIES, LOCAL_S3, S3Endpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_test_environment():
+    """No call may wander off to the EC2 metadata service (there is no network here)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+def _free_port() -> int:
+    """A free port below the kernel's ephemeral range (32768+), where client connections
+    made while the store starts cannot take it before the gateway binds it."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1")
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, _, value = line[len("export "):].partition("=")
+            out[name.strip()] = value.strip()
+    return out
+
+
+def _local_s3(command: str, state_dir: Path, env: dict[str, str] | None = None, timeout=300):
+    return subprocess.run(
+        ["bash", str(LOCAL_S3), command, str(state_dir)],
+        capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def ceph_s3(tmp_path_factory) -> S3Endpoint:
+    external = os.environ.get("COLLAPSE_S3_ENDPOINT")
+    if external:
+        key = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not key or not secret:
+            pytest.fail("COLLAPSE_S3_ENDPOINT is set, but AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY are not", pytrace=False)
+        yield S3Endpoint(external, key, secret)
+        return
+
+    missing = [b for b in CEPH_BINARIES if shutil.which(b) is None]
+    if missing:
+        pytest.fail(f"the Ceph binaries {missing} are missing: the S3 tests need the local "
+                    "Ceph RADOS Gateway. Install it with: bash infra/install-system.sh "
+                    "(Debian packages radosgw ceph-mon ceph-osd ceph-common)", pytrace=False)
+
+    state_dir = tmp_path_factory.mktemp("ceph")
+    proc = _local_s3("start", state_dir, env={"COLLAPSE_S3_PORT": str(_free_port())})
+    if proc.returncode != 0:
+        _local_s3("stop", state_dir, timeout=120)
+        pytest.fail(f"infra/ceph/local-s3.sh start {state_dir} failed "
+                    f"(exit {proc.returncode}):\n{proc.stderr}", pytrace=False)
+    env = _parse_exports(proc.stdout)
+    try:
+        yield S3Endpoint(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"],
+                         env["AWS_SECRET_ACCESS_KEY"], state_dir)
+    finally:
+        stop = _local_s3("stop", state_dir, timeout=120)
+        if stop.returncode != 0:
+            warnings.warn(f"local-s3.sh stop {state_dir} failed:\n{stop.stderr}")
+
+
+def _fresh_bucket(endpoint: S3Endpoint):
+    fs = endpoint.filesystem()
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    fs.mkdir(name)
+    yield endpoint, f"s3://{name}"
+    try:  # leave an external store as we found it
+        fs.invalidate_cache()
+        fs.clear_multipart_uploads(name)
+        keys = fs.find(name)
+        if keys:
+            fs.rm(keys)
+        fs.rmdir(name)
+    except Exception as e:  # noqa: BLE001 - cleanup must not hide the test's own result
+        warnings.warn(f"could not remove test bucket {name}: {e!r}")
+
+
+@pytest.fixture
+def ceph_bucket(ceph_s3):
+    yield from _fresh_bucket(ceph_s3)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> S3Endpoint:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield S3Endpoint(f"http://{host}:{port}", "testing", "testing")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_bucket(moto_s3):
+    yield from _fresh_bucket(moto_s3)
