@@ -1,0 +1,54 @@
+"""The featurizing stage: an actor pool computes a set's features with a named extractor, once.
+
+Each actor loads the extractor once (``collapse.features.get_extractor``) and turns whole shards
+into feature rows; the driver gathers them and stores them inside the set
+(``<set>/features/<name>/``, committed by a manifest). A set already featurized is skipped.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cluster.runtime import map_actor_pool
+from collapse.data.features import has_features, load_features, save_features
+from collapse.data.samples import SampleSet
+
+
+class Featurizer:
+    """Ray Data callable class: one extractor per actor; a batch of shard indices in, feature rows out."""
+
+    def __init__(self, set_url: str, extractor: str, storage_options=None, threads: int = 1, batch_size: int = 256):
+        import torch
+
+        from collapse.features import get_extractor
+        torch.set_num_threads(threads)
+        self.set = SampleSet(set_url, storage_options)
+        self.extract = get_extractor(extractor, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        keys, rows = [], []
+        for j in batch["shard"]:
+            samples = list(self.set.read_shard(int(j)))
+            for s in range(0, len(samples), self.batch_size):
+                chunk = samples[s:s + self.batch_size]
+                rows.append(np.asarray(self.extract(np.stack([x.image for x in chunk])), dtype=np.float32))
+                keys += [x.key for x in chunk]
+        return {"key": keys, "features": list(np.concatenate(rows))}
+
+
+def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: int = 1, cpus_per_actor: float = 1.0,
+              gpus_per_actor: float = 0.0, storage_options: dict | None = None, progress=print) -> np.ndarray:
+    """Features (N, d) of the set at ``set_url`` in its key order, computed once and stored beside it."""
+    sample_set = SampleSet(set_url, storage_options)
+    if has_features(sample_set, extractor):
+        return load_features(sample_set, extractor)
+    progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
+    rows = map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
+                          {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
+                           "threads": max(1, int(cpus_per_actor))},
+                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
+                          gpus_per_actor=gpus_per_actor)
+    keys = [r["key"] for r in rows]
+    values = np.stack([np.asarray(r["features"], dtype=np.float32) for r in rows])
+    save_features(sample_set, extractor, keys, values)
+    return load_features(sample_set, extractor)

@@ -1,0 +1,76 @@
+"""Connecting to Ray: a cluster when an address is given, else a local Ray bound to 127.0.0.1.
+
+Environment that actors and Train workers need goes through ``runtime_env`` here, in one place
+(the driver's environment does not reach them; the same key set twice fails a job with a merge
+conflict). Facts behind each knob: shared/design/PLATFORM.md.
+"""
+from __future__ import annotations
+
+import os
+
+# Variables every worker process gets.
+WORKER_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # a harmless Ray Train error line otherwise
+    "OMP_NUM_THREADS": "1",                     # one torch thread per CPU slot: as fast, half the CPU (PLATFORM.md)
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+# Variables a local Ray needs before it starts, so that it binds only to loopback and stays quiet.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",   # undocumented on Linux: binds every port to 127.0.0.1
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, extra_env: dict | None = None,
+            log_to_driver: bool = True):
+    """Connect to Ray once per process; returns the ray module.
+
+    ``address=None`` and no ``RAY_ADDRESS``: start a local Ray on 127.0.0.1. Inside ``ray job submit``
+    Ray is already reachable and the job's runtime env carries the workers' variables.
+    """
+    import ray
+    if ray.is_initialized():
+        return ray
+    env = dict(WORKER_ENV, **(extra_env or {}))
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
+    else:
+        for k, v in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
+                 configure_logging=True, logging_level="WARNING")
+    quiet_data()
+    return ray
+
+
+def quiet_data() -> None:
+    """Ray Data prints its plan and progress at INFO; our stages print their own progress."""
+    import logging
+
+    import ray.data
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, min_actors: int, max_actors: int,
+                   cpus_per_actor: float, gpus_per_actor: float = 0.0) -> list[dict]:
+    """Run ``actor_cls`` over ``items`` (one item per call) in an autoscaling Ray Data actor pool.
+
+    Actors are not restarted by Ray (``max_restarts=0``): every stage that uses this is resumable
+    from storage, so its caller retries the stage and only the missing work is redone.
+    """
+    import ray.data
+    if not 1 <= min_actors <= max_actors:
+        raise ValueError(f"need 1 <= min_actors <= max_actors, got {min_actors} and {max_actors}")
+    quiet_data()
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    out = ds.map_batches(actor_cls, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
+                         compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+                         fn_constructor_kwargs=constructor_kwargs, max_restarts=0)
+    return out.take_all()

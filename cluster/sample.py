@@ -1,0 +1,122 @@
+"""The sampling stage: an autoscaling Ray Data actor pool turns sample indices into pool shards.
+
+Shard ``j`` of a pool always holds the samples with indices ``[j*S, (j+1)*S)``; sample ``i``'s seed
+is ``sample_seed(run_seed, generation, i)``, so its image does not depend on the number of actors,
+the batch size, or retries. The stage lists the shards a previous attempt completed (their
+sidecars), samples only the missing ones, and commits the pool's manifest last: rerunning after a
+crash produces exactly the set an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from cluster.runtime import map_actor_pool
+from collapse.data import manifest as mf
+from collapse.data.samples import commit_sample_set, completed_shard
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    count: int                     # pool size
+    run_seed: int
+    generation: int                # the generation whose model samples (lineage source gen-NNN)
+    method: str = "ddim"           # ddpm (the paper's ancestral sampler) | ddim
+    steps: int = 50
+    guidance_scale: float = 1.0    # classifier-free guidance, class-conditional models only
+    num_classes: int = 0           # > 0: labels cycle over the classes by sample index
+    shard_size: int = 1000
+    batch_size: int = 64
+    batch_invariant: bool = False  # run the network per sample: images independent of batch_size too (slower)
+
+
+class Sampler:
+    """Ray Data callable class: loads the model once, then samples whole shards."""
+
+    def __init__(self, model_url: str, pool_url: str, spec: dict, config_hash: str, storage_options=None,
+                 threads: int = 1):
+        import tempfile
+
+        import torch
+
+        from collapse import diffusion
+        from collapse.data import directories
+        torch.set_num_threads(threads)
+        self.spec, self.pool_url, self.model_url = SampleSpec(**spec), pool_url, model_url
+        self.config_hash, self.so = config_hash, storage_options
+        local = tempfile.mkdtemp(prefix="collapse-sampler-")
+        directories.download_directory(model_url, local, storage_options)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.unet, self.scheduler = diffusion.load_model(local)
+        self.unet.to(self.device).eval()
+
+    def __call__(self, batch: dict) -> dict:
+        return {"record": [json.dumps(self.sample_shard(int(j))) for j in batch["shard"]]}
+
+    def sample_shard(self, j: int) -> dict:
+        import numpy as np
+
+        from collapse import diffusion
+        from collapse.data.samples import Sample, write_shard
+        from collapse.seeding import sample_seeds
+        s = self.spec
+        indices = list(range(j * s.shard_size, min(s.count, (j + 1) * s.shard_size)))
+        seeds = sample_seeds(s.run_seed, s.generation, indices)
+        labels = [i % s.num_classes for i in indices] if s.num_classes else None
+        images = diffusion.sample(self.unet, self.scheduler, seeds, method=s.method, steps=s.steps,
+                                  class_labels=labels, guidance_scale=s.guidance_scale, device=self.device,
+                                  batch_size=s.batch_size, batch_invariant=s.batch_invariant)
+        if images.shape[-1] == 1:
+            images = images[..., 0]  # grey sets store (H, W) images
+        source = f"gen-{s.generation:03d}"
+        samples = []
+        for n, (i, seed) in enumerate(zip(indices, seeds)):
+            meta = {"source": source, "model": self.model_url, "seed": int(seed), "index": i}
+            if labels is not None:
+                meta["label"] = labels[n]
+            samples.append(Sample(f"{source}-{i:07d}", np.asarray(images[n]), meta))
+        return write_shard(self.pool_url, j, samples, config_hash=self.config_hash, storage_options=self.so)
+
+
+def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: int = 1, max_actors: int = 1,
+                cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, retries: int = 1, storage_options: dict | None = None,
+                progress=print) -> dict:
+    """Sample ``spec.count`` images from the model at ``model_url`` into the set at ``pool_url``."""
+    if spec.count < 1:
+        raise ValueError(f"pool count must be >= 1, got {spec.count}")
+    model = mf.read_manifest(model_url, storage_options)  # the model must be finished
+    chash = mf.config_hash({"spec": dataclasses.asdict(spec), "model": model.get("files")})
+    done = mf.try_read_manifest(pool_url, storage_options)
+    if done is not None and done.get("config_hash") == chash:
+        progress(f"sample: {pool_url} already holds {done['count']} samples; skipping")
+        return done
+    n_shards = math.ceil(spec.count / spec.shard_size)
+    records = {j: completed_shard(pool_url, j, chash, storage_options) for j in range(n_shards)}
+    missing = [j for j, r in records.items() if r is None]
+    progress(f"sample: {spec.count} images in {n_shards} shards ({n_shards - len(missing)} already done) "
+             f"with {min_actors}..{max_actors} actor(s)")
+    for attempt in range(1, retries + 2):
+        missing = [j for j, r in records.items() if r is None]
+        if not missing:
+            break
+        try:
+            rows = map_actor_pool(
+                [{"shard": j} for j in missing], Sampler,
+                {"model_url": model_url, "pool_url": pool_url, "spec": dataclasses.asdict(spec), "config_hash": chash,
+                 "storage_options": storage_options, "threads": max(1, int(cpus_per_actor))},
+                min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
+                gpus_per_actor=gpus_per_actor)
+        except Exception as e:  # a lost actor or node: what was written stays, the rest is retried
+            if attempt > retries:
+                raise
+            progress(f"sample: attempt {attempt} failed ({type(e).__name__}); retrying the missing shards")
+            records = {j: r or completed_shard(pool_url, j, chash, storage_options) for j, r in records.items()}
+            continue
+        for row in rows:
+            record = json.loads(row["record"])
+            records[int(record["name"][6:12])] = record
+    return commit_sample_set(pool_url, [records[j] for j in range(n_shards)], config_hash=chash,
+                             extra={"model": model_url, "generation": spec.generation, "method": spec.method,
+                                    "steps": spec.steps}, storage_options=storage_options)

@@ -1,0 +1,234 @@
+"""The training stage: DeepSpeed ZeRO through Ray Train's TorchTrainer, gloo on CPU and NCCL on GPU.
+
+Each worker streams its share of the training set's shards (WebDataset, split by rank), runs the
+epsilon-prediction loss of ``collapse.diffusion``, and every ``checkpoint_every`` steps all ranks
+write a DeepSpeed checkpoint that is uploaded to ``<model>/checkpoints/step-NNNNNNNN/`` and
+committed by a manifest. A restarted worker group (Ray Train's ``FailureConfig``) or a resubmitted
+job resumes from the latest committed checkpoint. Rank 0 finally writes the model in diffusers
+format to ``<model>/`` and commits its manifest last.
+
+Determinism: the data stream restarts at every checkpoint boundary with a seed of
+``(seed, boundary step, rank)``, and each step's timesteps and noise come from a generator keyed
+by ``(seed, step, rank)``, so a resumed run takes the same steps as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+from collapse.data import directories, manifest as mf, storage
+from collapse.errors import DataError
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Hyperparameters of one training run (defaults: the paper's, SCIENCE.md "Reference setup")."""
+    preset: str = "tiny"
+    steps: int = 100
+    batch_size: int = 128            # global batch: micro batch x world size
+    lr: float = 1e-4
+    betas: tuple = (0.95, 0.999)
+    weight_decay: float = 1e-6
+    eps: float = 1e-8
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    zero_stage: int = 1
+    precision: str = "fp32"          # fp32 | fp16 | bf16 (the last two on GPU only)
+    ema_decay: float = 0.0           # 0 = no EMA
+    checkpoint_every: int = 0        # 0 = only at the end
+    log_every: int = 10
+    seed: int = 0
+    shuffle_buffer: int = 1000
+
+    def validate(self, world_size: int) -> None:
+        if self.steps < 1:
+            raise ValueError(f"train steps must be >= 1, got {self.steps}")
+        if self.batch_size % world_size:
+            raise ValueError(f"train batch_size={self.batch_size} must divide by the {world_size} workers")
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"zero_stage must be 0, 1 or 2, got {self.zero_stage}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+
+
+def deepspeed_config(spec: TrainSpec, world_size: int, on_gpu: bool) -> dict:
+    if spec.precision != "fp32" and not on_gpu:
+        raise ValueError(f"precision={spec.precision!r} needs a GPU; use fp32 on CPU")
+    return {"train_micro_batch_size_per_gpu": spec.batch_size // world_size, "gradient_accumulation_steps": 1,
+            "gradient_clipping": spec.grad_clip, "zero_optimization": {"stage": spec.zero_stage},
+            "fp16": {"enabled": spec.precision == "fp16"}, "bf16": {"enabled": spec.precision == "bf16"},
+            "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+
+
+def latest_checkpoint(model_url: str, storage_options=None) -> dict | None:
+    return mf.try_read_manifest(storage.join(model_url, CHECKPOINTS), storage_options)
+
+
+def _maybe_fail(step: int, fail_at_step: int | None, model_url: str, so) -> None:
+    """Failure injection (tests of failure handling): the worker process dies, once, at ``fail_at_step``."""
+    if fail_at_step is None or step != fail_at_step:
+        return
+    marker = storage.join(model_url, f"failed-at-{step}")
+    if not storage.exists(marker, so):
+        storage.write_bytes(marker, b"", so)
+        os._exit(17)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Body of every Ray Train worker. ``config``: spec (dict), train_url, model_url, storage_options, conditional."""
+    import ray.train
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    os.environ["DS_ACCELERATOR"] = "cuda" if on_gpu else "cpu"
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
+    import deepspeed
+    import torch.distributed as dist
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from collapse import diffusion
+    from collapse.data.stream import stream_samples
+    from collapse.seeding import stage_seed, torch_generator
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (PLATFORM.md)
+    spec = TrainSpec(**config["spec"])
+    so, model_url = config.get("storage_options"), config["model_url"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
+    spec.validate(world)
+
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    unet, scheduler = diffusion.build(spec.preset)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
+                                  weight_decay=spec.weight_decay)
+    engine, _, _, lr_sched = deepspeed.initialize(
+        model=unet, optimizer=optimizer, config=deepspeed_config(spec, world, on_gpu),
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, spec.warmup_steps, spec.steps))
+    ema = diffusion.EMA(engine.module, spec.ema_decay) if spec.ema_decay > 0 else None
+
+    # -- resume from the latest committed checkpoint, if any
+    step, work = 0, tempfile.mkdtemp(prefix=f"collapse-train-r{rank}-")
+    latest = latest_checkpoint(model_url, so)
+    if latest is not None:
+        local = os.path.join(work, "resume")
+        directories.download_directory(storage.join(model_url, CHECKPOINTS, latest["extra"]["tag"]),
+                                       os.path.join(local, latest["extra"]["tag"]), so)
+        _, client = engine.load_checkpoint(local, tag=latest["extra"]["tag"])
+        step = int(client["step"])
+        if ema is not None:
+            ema.load_state_dict(client["ema"])
+    resumed_from = step
+
+    # -- train: one data stream per checkpoint interval, seeded by its first step
+    interval = spec.checkpoint_every or spec.steps
+    micro = spec.batch_size // world
+    base_seed = stage_seed(spec.seed, 0, "train")
+    t0, seen, losses, curve = time.perf_counter(), 0, [], []
+    while step < spec.steps:
+        stream = iter(stream_samples(config["train_url"], rank=rank, world_size=world, seed=base_seed,
+                                     epoch=step, resampled=True, shuffle_buffer=spec.shuffle_buffer,
+                                     storage_options=so))
+        stop = min(spec.steps, (step // interval + 1) * interval)
+        while step < stop:
+            batch = [next(stream) for _ in range(micro)]
+            x0 = diffusion.images_to_tensor([im for im, _ in batch]).to(device)
+            labels = (torch.tensor([m["label"] for _, m in batch], device=device)
+                      if config.get("conditional") else None)
+            gen = torch_generator(int(base_seed + 1_000_003 * step + rank) % 2 ** 63)
+            t, noise = diffusion.draw_timesteps_and_noise(scheduler, x0.shape, gen)
+            loss = diffusion.diffusion_loss(engine, x0, t.to(device), noise.to(device), scheduler, labels)
+            engine.backward(loss)
+            engine.step()
+            if ema is not None:
+                ema.update(engine.module)
+            step += 1
+            seen += micro
+            _maybe_fail(step, config.get("fail_at_step"), model_url, so)
+            losses.append(loss.detach())
+            if step % spec.log_every == 0 or step == spec.steps:
+                mean = torch.stack(losses).mean()
+                dist.all_reduce(mean)
+                curve.append((step, float(mean) / world))
+                ray.train.report({"step": step, "loss": curve[-1][1], "lr": lr_sched.get_last_lr()[0],
+                                  "samples_per_s": seen * world / (time.perf_counter() - t0),
+                                  "resumed_from": resumed_from})
+                losses = []
+        _save_checkpoint(engine, step, {"step": step, "ema": ema.state_dict() if ema else None},
+                         model_url, work, rank, so, config["spec_hash"])
+
+    # -- the final model, in diffusers format, committed last
+    if rank == 0:
+        final = ema.copy_to(engine.module) if ema is not None else engine.module
+        local = os.path.join(work, "final")
+        diffusion.save_model(final, scheduler, local)
+        directories.upload_directory(local, model_url, extra={"kind": "diffusers-model", "steps": step,
+                                                              "preset": spec.preset, "spec_hash": config["spec_hash"],
+                                                              "loss_curve": curve, "resumed_from": resumed_from},
+                                     storage_options=so)
+    dist.barrier()
+
+
+def _save_checkpoint(engine, step, client_state, model_url, work, rank, so, spec_hash) -> None:
+    """All ranks save (collective), upload their own files; rank 0 commits the checkpoint."""
+    import torch.distributed as dist
+    tag = f"step-{step:08d}"
+    local = os.path.join(work, "ckpt", tag)
+    engine.save_checkpoint(os.path.join(work, "ckpt"), tag=tag, client_state=client_state)
+    records = directories.upload_files(local, storage.join(model_url, CHECKPOINTS, tag), so)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, records)
+    if rank == 0:
+        url = storage.join(model_url, CHECKPOINTS, tag)
+        directories.commit_directory(url, [r for rs in gathered for r in rs], {"tag": tag, "step": step}, so)
+        mf.write_manifest(storage.join(model_url, CHECKPOINTS),
+                          {"kind": "checkpoints", "extra": {"tag": tag, "step": step, "spec_hash": spec_hash}}, so)
+    dist.barrier()
+
+
+def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers: int = 1, use_gpu: bool = False,
+                cpus_per_worker: float = 1.0, conditional: bool = False, max_failures: int = 0,
+                fail_at_step: int | None = None, storage_options: dict | None = None, progress=print) -> dict:
+    """Train a model on the set at ``train_url`` into ``model_url``; a no-op when it is already there.
+
+    ``max_failures``: worker-group restarts Ray Train may make; each resumes from the latest
+    checkpoint. ``fail_at_step`` kills a worker once at that step (to test exactly that).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    spec.validate(num_workers)
+    spec_hash = mf.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url, "conditional": conditional})
+    done = mf.try_read_manifest(model_url, storage_options)
+    if done is not None and done.get("extra", {}).get("spec_hash") == spec_hash:
+        progress(f"train: {model_url} is already trained ({done['extra']['steps']} steps); skipping")
+        return done
+    if done is not None:
+        raise DataError(f"{model_url!r} holds a model trained with other settings; choose another URL")
+    latest = latest_checkpoint(model_url, storage_options)
+    if latest is not None and latest["extra"].get("spec_hash") != spec_hash:
+        raise DataError(f"{model_url!r} holds checkpoints of a training with other settings; choose another URL")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": dataclasses.asdict(spec), "spec_hash": spec_hash, "train_url": train_url,
+                           "model_url": model_url, "storage_options": storage_options, "conditional": conditional,
+                           "fail_at_step": fail_at_step},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus_per_worker,
+                                                                     **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(name=f"train-{spec_hash}", storage_path=tempfile.gettempdir() + "/collapse-ray",
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+    t0 = time.perf_counter()
+    trainer.fit()
+    done = mf.read_manifest(model_url, storage_options)
+    curve = done["extra"]["loss_curve"]
+    progress(f"train: {spec.steps} steps on {num_workers} worker(s) in {time.perf_counter() - t0:.0f} s, "
+             f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f}" if curve else "")
+    return done
