@@ -15,3 +15,7 @@ class StorageError(CollapseError, OSError):
 
 class NotFinishedError(DataError):
     """A sample set (or stage output) has no committed manifest: it is absent or was never finished."""
+
+
+class ConfigError(CollapseError, ValueError):
+    """A run config is not valid: the message names the key, what was given and the allowed values."""
