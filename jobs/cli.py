@@ -19,6 +19,21 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from jobs import run
+    return run.main(args)
+
+
+def cmd_score(args) -> int:
+    from jobs import curate
+    return curate.score(args, _storage_options(args))
+
+
+def cmd_select(args) -> int:
+    from jobs import curate
+    return curate.select(args, _storage_options(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="collapse", description="Model collapse in the self-consuming loop of "
                                 "diffusion models: measure it, and prevent it with entropy-based selection.")
@@ -36,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--overwrite", action="store_true", help="replace a different earlier import at --out")
     ing.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     ing.set_defaults(func=cmd_ingest)
+
+    from jobs import curate, run
+    r = sub.add_parser("run", help="run the self-consuming loop (resumes an existing run directory)")
+    run.add_arguments(r)
+    r.set_defaults(func=cmd_run)
+
+    sc = sub.add_parser("score", help="entropy, novelty and quality figures of an image set")
+    curate.add_score_arguments(sc)
+    sc.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    sc.set_defaults(func=cmd_score)
+
+    se = sub.add_parser("select", help="keep N images of a set by entropy-based selection, as a new set")
+    curate.add_select_arguments(se)
+    se.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    se.set_defaults(func=cmd_select)
     return p
 
 

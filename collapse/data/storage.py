@@ -27,6 +27,18 @@ _OBJECT_STORES = ("s3", "s3a", "gs", "gcs")
 _S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}}
 
 
+def storage_options_for(url: str) -> dict | None:
+    """Storage options for ``url`` from the standard environment (S3 endpoint and keys), else None.
+
+    Stages pass these to their actors explicitly: a driver's environment does not reach Ray workers.
+    """
+    if scheme_of(url) not in ("s3", "s3a"):
+        return None
+    env = {"endpoint_url": "AWS_ENDPOINT_URL", "key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY"}
+    opts = {k: os.environ[v] for k, v in env.items() if os.environ.get(v)}
+    return opts or None
+
+
 def scheme_of(url: str) -> str:
     """The URL's scheme; a bare path is ``file``."""
     return url.split("://", 1)[0].lower() if "://" in url else "file"

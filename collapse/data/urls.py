@@ -11,6 +11,7 @@ bare local path). Every stage asks this module where to read and write; nothing 
     <run>/<strategy>/gen-NNN/selection/    what was kept, with the reason and score of each key
     <run>/<strategy>/gen-NNN/metrics.json  every figure of that generation
     <run>/report/                          the HTML report
+    <run>/stages/<stage key>/manifest.json a finished stage's record: config hash, wall time (written last)
 
 Features live inside the set they describe (``<set>/features/<extractor>.npy``), so every set
 (real, training set, pool) is featurized once, wherever it is.
@@ -58,6 +59,10 @@ class RunLayout:
     @property
     def report(self) -> str:
         return join(self.root, "report")
+
+    def stage_record(self, stage_key: str) -> str:
+        """Where a finished stage's record (config hash, wall time) is committed, by plan key."""
+        return join(self.root, "stages", stage_key)
 
     def real(self, split: str) -> str:
         if split not in ("train", "holdout"):

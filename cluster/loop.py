@@ -1,0 +1,225 @@
+"""The loop driver: runs a plan (collapse.plan) stage by stage; a resubmitted run resumes.
+
+For each generation n, for each strategy (generation 1 shared):
+    train     M_n on D_n                                   (Ray Train + DeepSpeed)
+    sample    P_n from M_n, per-sample seeds               (sampler actor pool)
+    featurize P_n in every space the run uses              (featurizer actor pool)
+    score     H(D_n), GS and memorization of P_n against D_n, quality against held-out real data
+    select    D_{n+1} from the candidates of the paradigm  (collapse.paradigms + collapse.selection)
+
+A stage that finishes commits ``<run>/stages/<key>/manifest.json`` (its config hash and wall time)
+last; a stage whose record holds the same hash is skipped. Inside a stage, every output also
+commits its own manifest, so an interrupted stage redoes only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from cluster.featurize import featurize
+from cluster.sample import SampleSpec, sample_pool
+from cluster.train import TrainSpec, train_model
+from collapse import config as cf
+from collapse import paradigms as pd
+from collapse.data import manifest as mf
+from collapse.data import storage
+from collapse.data.importers import ingest
+from collapse.data.samples import SampleSet, write_subset
+from collapse.data.urls import RunLayout
+from collapse.errors import ConfigError
+from collapse.metrics import generation_metrics
+from collapse.plan import SHARED, Plan, plan
+from collapse.selection import select
+
+
+class Loop:
+    """Runs the stages of one run directory. ``so``: storage options of the run's URL (or None)."""
+
+    def __init__(self, cfg: cf.RunConfig, progress=print):
+        self.cfg, self.plan, self.say = cfg, plan(cfg), progress
+        self.L = RunLayout(self.plan.root)
+        self.so = storage.storage_options_for(self.L.root)
+
+    # -- the run: check the config, then every stage in order
+    def run(self, extend: bool = False) -> list[dict]:
+        self.check_config(extend)
+        todo = [s for s in self.plan if not self.done(s)]
+        if not todo:
+            self.say(f"run {self.L.root} is already complete ({len(self.plan)} stages); nothing to do")
+        for i, stage in enumerate(self.plan, 1):
+            if stage in todo:
+                self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
+                t0 = time.perf_counter()
+                getattr(self, "stage_" + stage.name.replace("-", "_"))(stage)
+                wall = time.perf_counter() - t0
+                mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
+                                  "config_hash": stage.config_hash, "wall_s": wall}, self.so)
+                self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s")
+        return self.write_metrics_log()
+
+    def done(self, stage) -> bool:
+        rec = mf.try_read_manifest(self.L.stage_record(stage.key), self.so)
+        return rec is not None and rec.get("config_hash") == stage.config_hash
+
+    def check_config(self, extend: bool) -> None:
+        """Save the resolved config; refuse a different one against an existing run (say what differs)."""
+        new = cf.to_dict(self.cfg)
+        try:
+            old = json.loads(storage.read_bytes(self.L.config + ".json", self.so))
+        except FileNotFoundError:
+            old = None
+        changes = cf.diff(old, new) if old is not None else []
+        if changes:
+            if not (extend and cf.extendable(old, new)):
+                lines = "\n  ".join(changes)
+                hint = " (pass --extend to add generations)" if cf.extendable(old, new) else ""
+                raise ConfigError(f"{self.L.root} holds a run with another config{hint}:\n  {lines}")
+        storage.write_bytes(self.L.config, cf.to_yaml(self.cfg).encode(), self.so)
+        storage.write_bytes(self.L.config + ".json", json.dumps(new, indent=1).encode(), self.so)
+
+    # -- stage runners (thin: each calls one engine function)
+    def stage_ingest(self, st) -> None:
+        p = st.params
+        ingest(p["source"], storage.join(self.L.root, "real"), size=p["size"], mode=p["mode"], n=p["n"],
+               holdout=p["holdout"], seed=p["seed"], shard_size=self.cfg.sample.shard_size, storage_options=self.so,
+               progress=self.say)
+
+    def stage_featurize_real(self, st) -> None:
+        for url in st.inputs.values():
+            for e in st.params["extractors"]:
+                self.featurize(url, e, st.resources)
+
+    def stage_train_set(self, st) -> None:
+        real = SampleSet(st.inputs["real"], self.so)
+        write_subset([real], real.keys[:st.params["N"]], st.outputs["train_set"], overwrite=True,
+                      shard_size=self.cfg.sample.shard_size, storage_options=self.so)
+
+    def stage_train(self, st) -> None:
+        r = st.resources
+        train_model(st.inputs["train_set"], st.outputs["model"], TrainSpec(**st.params["spec"]),
+                    num_workers=r["min"], use_gpu=r["gpus"] > 0, cpus_per_worker=r["cpus"], max_failures=1,
+                    storage_options=self.so, progress=self.say)
+
+    def stage_sample(self, st) -> None:
+        r = st.resources
+        sample_pool(st.inputs["model"], st.outputs["pool"], SampleSpec(**st.params["spec"]), min_actors=r["min"],
+                    max_actors=r["max"], cpus_per_actor=r["cpus"], gpus_per_actor=r["gpus"],
+                    storage_options=self.so, progress=self.say)
+
+    def stage_featurize(self, st) -> None:
+        for e in st.params["extractors"]:
+            self.featurize(st.inputs["pool"], e, st.resources)
+
+    def stage_score(self, st) -> None:
+        m, spaces = st.params, st.params["features"]
+        train, pool, hold = (SampleSet(st.inputs[k], self.so) for k in ("train_set", "pool", "holdout"))
+        scored = pool.keys[:m["gs_samples"]]
+        feats = {name: {} for name in ("train", "generated", "holdout")}
+        for e in spaces:
+            feats["train"][e] = self.featurize(train.url, e, st.resources)
+            feats["generated"][e] = self.featurize(pool.url, e, st.resources)[:len(scored)]
+            feats["holdout"][e] = self.featurize(hold.url, e, st.resources)
+        figures = generation_metrics(feats["train"], feats["generated"], feats["holdout"], prdc_k=m["prdc_k"],
+                                     seed=self.cfg.run.seed)
+        real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
+        times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation
+                 and s.strategy == st.strategy and s.name in ("train", "sample", "featurize")}
+        metrics = {"strategy": st.strategy, "generation": st.generation, "spaces": figures,
+                   "real_share": real, "train_count": train.count, "pool_count": pool.count,
+                   "scored_count": len(scored), "holdout_count": hold.count, "stage_seconds": times}
+        storage.write_bytes(st.outputs["metrics"], json.dumps(metrics, indent=1).encode(), self.so)
+
+    def stage_select(self, st) -> None:
+        p, n = st.params, st.generation
+        real = SampleSet(self.L.real("train"), self.so)
+        owner = (lambda g: SHARED if g == 1 else p["name"])
+        k_n = pd.pool_size(self.cfg.data.n, p["pool_factor"]) if p["pool_factor"] else None
+        pools = {g: SampleSet(self.L.pool(owner(g), g), self.so) for g in range(1, n + 1)}
+        train_n = SampleSet(self.L.train_set(owner(n), n), self.so)
+        ts = pd.next_training_set(p["paradigm"], n, N=self.cfg.data.n, kind=p["kind"], pool_factor=p["pool_factor"],
+                                  real_keys=real.keys, pools={g: s.keys[:k_n] for g, s in pools.items()},
+                                  train_keys=train_n.keys, fresh_fraction=p["fresh_fraction"], seed=p["seed"])
+        sources = [real, train_n, *pools.values()]
+        decision = {"strategy": p["name"], "kind": p["kind"], "how": ts.how, "generation": n, "seed": ts.seed,
+                    "forced": list(ts.forced), "candidates": len(ts.candidates), "choose": ts.choose}
+        reasons = {}
+        if ts.how == "select":
+            x = self.candidate_features(ts.candidates, sources, p["features"] or "pixel")
+            params = {k: p[k] for k in ("tau0", "alpha") if p.get(k) is not None}
+            sel = select(x, ts.choose, p["kind"], seed=ts.seed, **params)
+            keys = ts.keys(sel.indices.tolist())
+            cols = sel.columns()
+            for row in range(len(sel)):
+                reasons[ts.candidates[int(cols["index"][row])]] = {
+                    "order": row, "distance": _num(cols["distance"][row]), "pass": int(cols["pass"][row]),
+                    "tau": _num(cols["tau"][row]),
+                    "nearest": ts.candidates[int(cols["nearest"][row])] if cols["nearest"][row] >= 0 else None}
+            decision["params"] = sel.params
+        else:
+            keys = ts.keys()
+        kept = set(keys)
+        decision["kept"] = [{"key": k, **reasons.get(k, {})} for k in keys]
+        decision["dropped"] = [k for k in ts.candidates if k not in kept]
+        mf.write_manifest(st.outputs["selection"], {"kind": "selection", **decision}, self.so)
+
+        def annotate(sample):
+            why = {"strategy": p["name"], "generation": n, "how": ts.how, "kept": True,
+                   "forced": sample.key in ts.forced, **reasons.get(sample.key, {})}
+            return dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [why])
+        write_subset(sources, list(keys), st.outputs["train_set"], annotate=annotate, overwrite=True,
+                     shard_size=self.cfg.sample.shard_size, storage_options=self.so)
+
+    # -- helpers
+    def featurize(self, set_url: str, extractor: str, r: dict) -> np.ndarray:
+        return featurize(set_url, extractor, min_actors=1, max_actors=max(1, r.get("max", 1)), cpus_per_actor=r["cpus"],
+                         gpus_per_actor=r["gpus"], storage_options=self.so, progress=self.say)
+
+    def candidate_features(self, keys, sources, extractor: str) -> np.ndarray:
+        from collapse.data.features import load_features
+        rows, where = {}, {}
+        for s in sources:
+            for k in s.keys:
+                where.setdefault(k, s)
+        for s in {id(where[k]): where[k] for k in keys}.values():
+            mine = [k for k in keys if where[k] is s]
+            self.featurize(s.url, extractor, {"cpus": 1.0, "gpus": 0.0})
+            rows.update(zip(mine, load_features(s, extractor, keys=mine)))
+        return np.stack([rows[k] for k in keys])
+
+    def wall(self, stage) -> float | None:
+        rec = mf.try_read_manifest(self.L.stage_record(stage.key), self.so)
+        return rec["wall_s"] if rec else None
+
+    def write_metrics_log(self) -> list[dict]:
+        """``<run>/metrics.jsonl``: one row per strategy and generation (generation 1 repeated per strategy)."""
+        rows = []
+        for st in self.plan:
+            if st.name != "score" or not storage.exists(st.outputs["metrics"], self.so):
+                continue
+            m = json.loads(storage.read_bytes(st.outputs["metrics"], self.so))
+            for name in ([s.name for s in self.cfg.strategies] if st.strategy == SHARED else [st.strategy]):
+                rows.append({**m, "strategy": name, "shared": st.strategy == SHARED})
+        storage.write_bytes(self.L.metrics_log, "".join(json.dumps(r) + "\n" for r in rows).encode(), self.so)
+        return rows
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def summary_table(rows: list[dict], space: str = "pixel") -> str:
+    """The last generation's figures per strategy, as a fixed-width table."""
+    last = {}
+    for r in rows:
+        if r["strategy"] not in last or r["generation"] > last[r["strategy"]]["generation"]:
+            last[r["strategy"]] = r
+    cols = ("entropy", "gs", "memorization", "fd", "precision", "recall")
+    out = [f"{'strategy':<12} {'gen':>3} " + " ".join(f"{c:>12}" for c in cols) + f" {'real share':>10}"]
+    for name, r in last.items():
+        f = r["spaces"].get(space, {})
+        out.append(f"{name:<12} {r['generation']:>3} " + " ".join(f"{f.get(c, float('nan')):>12.4g}" for c in cols)
+                   + f" {r['real_share']:>10.2f}")
+    return "\n".join(out)

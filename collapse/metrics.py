@@ -1,0 +1,45 @@
+"""Every figure of one generation, from feature arrays (pure: the score stage loads, this computes).
+
+Per feature space (SCIENCE.md, "Definitions"):
+    entropy            H(D_n), Kozachenko-Leonenko, k = 1, of the training set (nats)
+    pool_entropy       H of the scored generated samples
+    gs                 generalization score of the generated samples against D_n
+    memorization       share of generated samples that copy a training image (d1/d2 < 1/3)
+    mean_nn_distance   mean nearest-neighbour distance inside D_n
+    covariance_trace   Tr Cov(D_n) (falls slowly: collapse is not variance shrinkage)
+    fd, kid, kid_std   Frechet distance and KID of the generated samples against held-out real data
+    precision, recall, density, coverage   Naeem et al., generated against held-out real, k = prdc_k
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from collapse.entropy import kl_entropy
+from collapse.novelty import covariance_trace, generalization_score, mean_nn_distance, memorization_fraction
+from collapse.quality import frechet_distance, kid, prdc
+
+
+def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray, *, prdc_k: int = 5,
+                  seed: int = 0) -> dict:
+    """The figures of one feature space. train (N, d), generated (M, d), holdout (R, d)."""
+    kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=min(1000, len(generated), len(holdout)),
+                            seed=seed)
+    quality = prdc(holdout, generated, k=prdc_k)
+    return {"entropy": kl_entropy(train), "pool_entropy": kl_entropy(generated),
+            "gs": generalization_score(generated, train), "memorization": memorization_fraction(generated, train),
+            "mean_nn_distance": mean_nn_distance(train), "covariance_trace": covariance_trace(train),
+            "fd": frechet_distance(generated, holdout), "kid": kid_mean, "kid_std": kid_std,
+            "precision": quality.precision, "recall": quality.recall, "density": quality.density,
+            "coverage": quality.coverage}
+
+
+def generation_metrics(train: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray],
+                       holdout: Mapping[str, np.ndarray], *, prdc_k: int = 5, seed: int = 0) -> dict:
+    """``{space: space_metrics(...)}`` for every feature space given (the same spaces in all three)."""
+    if not (set(train) == set(generated) == set(holdout)):
+        raise ValueError(f"feature spaces differ: train {sorted(train)}, generated {sorted(generated)}, "
+                         f"holdout {sorted(holdout)}")
+    return {space: space_metrics(train[space], generated[space], holdout[space], prdc_k=prdc_k, seed=seed)
+            for space in sorted(train)}

@@ -1,0 +1,108 @@
+"""``collapse score`` and ``collapse select``: the loop's scoring and selection on any sample set.
+
+Both run in one process (no Ray): features are computed once per set and extractor and cached
+beside the set (``<set>/features/<name>/``). Import other image collections with ``collapse ingest``.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def add_score_arguments(p) -> None:
+    p.add_argument("set", help="URL of a sample set (written by collapse ingest or a run)")
+    p.add_argument("--reference", help="a sample set to compare with (e.g. the training set or held-out real data)")
+    p.add_argument("--features", action="append", help="feature space(s): pixel (default), effnet-lite0, dinov2")
+    p.add_argument("--k", type=int, default=1, help="the neighbour of the Kozachenko-Leonenko estimate (default 1)")
+    p.add_argument("--prdc-k", type=int, default=5)
+    p.add_argument("--out", help="where to write the figures as JSON (default <set>/score.json)")
+
+
+def add_select_arguments(p) -> None:
+    p.add_argument("pool", help="URL of the sample set to select from")
+    p.add_argument("--n", type=int, required=True, help="how many images to keep")
+    p.add_argument("--strategy", required=True, choices=("greedy", "tdf", "random"))
+    p.add_argument("--out", required=True, help="URL of the new sample set")
+    p.add_argument("--features", default="pixel", help="selection space: pixel (default), effnet-lite0, dinov2")
+    p.add_argument("--tau0", type=float, help="tdf: the initial radius (paper: 60 in DINOv2 space, 2000 in pixels)")
+    p.add_argument("--alpha", type=float, help="tdf: the decay per pass, in (0, 1) (default 0.95)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def set_features(sample_set, extractor: str, batch_size: int = 256) -> np.ndarray:
+    """Features of a set in its key order, computed once (in this process) and cached beside it."""
+    from collapse.data.features import has_features, load_features, save_features
+    from collapse.features import get_extractor
+    if not has_features(sample_set, extractor):
+        extract = get_extractor(extractor)
+        keys, rows = [], []
+        for k, images, _ in sample_set.iter_batches(batch_size):
+            keys += k
+            rows.append(np.asarray(extract(images), dtype=np.float32))
+        save_features(sample_set, extractor, keys, np.concatenate(rows))
+    return load_features(sample_set, extractor)
+
+
+def score(args, storage_options=None) -> int:
+    from collapse.data import storage
+    from collapse.data.samples import SampleSet
+    from collapse.entropy import kl_entropy
+    from collapse.metrics import space_metrics
+    from collapse.novelty import covariance_trace, mean_nn_distance
+    target = SampleSet(args.set, storage_options)
+    ref = SampleSet(args.reference, storage_options) if args.reference else None
+    out = {"set": args.set, "count": target.count, "reference": args.reference, "spaces": {}}
+    for space in args.features or ["pixel"]:
+        x = set_features(target, space)
+        if ref is None:
+            figures = {"entropy": kl_entropy(x, k=args.k), "mean_nn_distance": mean_nn_distance(x),
+                       "covariance_trace": covariance_trace(x)}
+        else:
+            figures = space_metrics(set_features(ref, space), x, set_features(ref, space), prdc_k=args.prdc_k)
+            figures = {"entropy": kl_entropy(x, k=args.k), "reference_entropy": figures.pop("entropy"),
+                       **{k: v for k, v in figures.items() if k not in ("pool_entropy", "mean_nn_distance",
+                                                                         "covariance_trace")}}
+        out["spaces"][space] = figures
+        print(f"{space}: " + "  ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+    storage.write_bytes(args.out or storage.join(args.set, "score.json"), json.dumps(out, indent=1).encode(),
+                        storage_options)
+    print(f"figures written to {args.out or storage.join(args.set, 'score.json')}")
+    return 0
+
+
+def select(args, storage_options=None) -> int:
+    from collapse.data import manifest as mf
+    from collapse.data import storage
+    from collapse.data.samples import SampleSet, write_subset
+    from collapse.selection import select as choose
+    pool = SampleSet(args.pool, storage_options)
+    if args.n > pool.count:
+        from collapse.errors import DataError
+        raise DataError(f"--n {args.n} is larger than the {pool.count} images of {args.pool}")
+    params = {k: v for k, v in (("tau0", args.tau0), ("alpha", args.alpha)) if v is not None}
+    sel = choose(set_features(pool, args.features), args.n, args.strategy, seed=args.seed, **params)
+    keys, cols = pool.keys, sel.columns()
+    why = {keys[int(i)]: {"order": int(o), "distance": _num(d), "pass": int(p), "tau": _num(t),
+                          "nearest": keys[int(n)] if n >= 0 else None}
+           for o, i, d, n, p, t in zip(cols["order"], cols["index"], cols["distance"], cols["nearest"],
+                                       cols["pass"], cols["tau"])}
+
+    def annotate(sample):
+        decision = {"strategy": args.strategy, "features": args.features, "kept": True, "from": args.pool,
+                    **why[sample.key]}
+        return dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [decision])
+    kept = [keys[int(i)] for i in sel.indices]
+    mf.write_manifest(storage.join(args.out, "selection"), {
+        "kind": "selection", "strategy": args.strategy, "features": args.features, "seed": args.seed,
+        "params": sel.params, "pool": args.pool, "kept": [{"key": k, **why[k]} for k in kept],
+        "dropped": sorted(set(keys) - set(kept))}, storage_options)
+    write_subset([pool], kept, args.out, annotate=annotate, storage_options=storage_options)  # committed last
+    print(f"kept {len(kept)} of {pool.count} images of {args.pool} by {args.strategy} in {args.features} space; "
+          f"wrote {args.out}")
+    return 0
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None

@@ -1,0 +1,38 @@
+"""``collapse run``: the self-consuming loop, locally or inside ``ray job submit``. Thin: parse, connect, call."""
+from __future__ import annotations
+
+import time
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", default="demo", help="a preset name (jobs/presets/*.yaml) or a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. run.generations=6 or strategies.greedy.pool_factor=5")
+    p.add_argument("--run-dir", help="where the run lives: a local path or any fsspec URL (s3://, gs://, ...)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
+    p.add_argument("--extend", action="store_true", help="allow a finished run to continue with more generations")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray (default: the machine's, at least 4)")
+
+
+def main(args) -> int:
+    from collapse import config as cf
+    from collapse.plan import format_plan, plan
+    overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg = cf.load_config(args.config, overrides)
+    if args.dry_run:
+        print(cf.to_yaml(cfg))
+        print(format_plan(plan(cfg)))
+        return 0
+    import os
+
+    from cluster.loop import Loop, summary_table
+    from cluster.runtime import connect
+    t0 = time.perf_counter()
+    connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
+    loop = Loop(cfg)
+    rows = loop.run(extend=args.extend)
+    print(f"\nrun {loop.L.root} finished in {time.perf_counter() - t0:.0f} s; metrics: {loop.L.metrics_log}")
+    for space in cfg.metrics.features:
+        print(f"\nlast generation, {space} space:\n{summary_table(rows, space)}")
+    return 0
