@@ -6,7 +6,13 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.collapse-installed
 
-.PHONY: test setup system bench clean-state
+.PHONY: demo test setup system bench
+
+# The main job on the embedded default: a local Ray on 127.0.0.1, a local run directory, and
+# Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden.
+RUN_DIR ?= runs/demo
+demo: setup
+	$(VENV)/bin/collapse run --config demo --run-dir $(RUN_DIR) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -13,6 +13,10 @@ from collapse.data.features import has_features, load_features, save_features
 from collapse.data.samples import SampleSet
 
 
+# Extractors without a model (a reshape): cheaper in the driver than an actor pool's start-up.
+IN_DRIVER = ("pixel",)
+
+
 class Featurizer:
     """Ray Data callable class: one extractor per actor; a batch of shard indices in, feature rows out."""
 
@@ -43,12 +47,27 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     if has_features(sample_set, extractor):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
-    rows = map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
-                          {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
-                           "threads": max(1, int(cpus_per_actor))},
-                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
-                          gpus_per_actor=gpus_per_actor)
+    if extractor in IN_DRIVER:
+        import torch
+        f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads())
+        rows = [r for j in range(len(sample_set.shards)) for r in _rows(f({"shard": [j]}))]
+    else:
+        rows = _actor_rows(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
+                           storage_options)
     keys = [r["key"] for r in rows]
     values = np.stack([np.asarray(r["features"], dtype=np.float32) for r in rows])
     save_features(sample_set, extractor, keys, values)
     return load_features(sample_set, extractor)
+
+
+def _rows(batch: dict) -> list[dict]:
+    return [{"key": k, "features": f} for k, f in zip(batch["key"], batch["features"])]
+
+
+def _actor_rows(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
+                storage_options) -> list[dict]:
+    return map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
+                          {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
+                           "threads": max(1, int(cpus_per_actor))},
+                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
+                          gpus_per_actor=gpus_per_actor)

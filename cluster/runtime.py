@@ -55,7 +55,7 @@ def quiet_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "Progress bars disabled" is a WARNING
 
 
 def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, min_actors: int, max_actors: int,
@@ -65,11 +65,15 @@ def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, mi
     Actors are not restarted by Ray (``max_restarts=0``): every stage that uses this is resumable
     from storage, so its caller retries the stage and only the missing work is redone.
     """
+    import warnings
+
     import ray.data
     if not 1 <= min_actors <= max_actors:
         raise ValueError(f"need 1 <= min_actors <= max_actors, got {min_actors} and {max_actors}")
     quiet_data()
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # max_restarts has no named parameter in Ray 2.60; its only spelling is deprecated for 2.64.
+    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     out = ds.map_batches(actor_cls, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
                          compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
                          fn_constructor_kwargs=constructor_kwargs, max_restarts=0)

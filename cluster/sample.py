@@ -53,7 +53,13 @@ class Sampler:
         self.unet.to(self.device).eval()
 
     def __call__(self, batch: dict) -> dict:
-        return {"record": [json.dumps(self.sample_shard(int(j))) for j in batch["shard"]]}
+        import time
+        records, seconds = [], []
+        for j in batch["shard"]:
+            t = time.perf_counter()
+            records.append(json.dumps(self.sample_shard(int(j))))
+            seconds.append(time.perf_counter() - t)
+        return {"record": records, "seconds": seconds}
 
     def sample_shard(self, j: int) -> dict:
         import numpy as np
@@ -97,6 +103,7 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     missing = [j for j, r in records.items() if r is None]
     progress(f"sample: {spec.count} images in {n_shards} shards ({n_shards - len(missing)} already done) "
              f"with {min_actors}..{max_actors} actor(s)")
+    busy = 0.0  # seconds the actors spent sampling and writing (their start-up excluded)
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:
@@ -117,6 +124,11 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
         for row in rows:
             record = json.loads(row["record"])
             records[int(record["name"][6:12])] = record
-    return commit_sample_set(pool_url, [records[j] for j in range(n_shards)], config_hash=chash,
-                             extra={"model": model_url, "generation": spec.generation, "method": spec.method,
-                                    "steps": spec.steps}, storage_options=storage_options)
+            busy += float(row["seconds"])
+    manifest = commit_sample_set(pool_url, [records[j] for j in range(n_shards)], config_hash=chash,
+                                 extra={"model": model_url, "generation": spec.generation, "method": spec.method,
+                                        "steps": spec.steps}, storage_options=storage_options)
+    if busy:
+        progress(f"sample: {spec.count} images; {sum(len(records[j]['keys']) for j in missing) / busy:.1f} "
+                 "images/s per actor while sampling")
+    return {**manifest, "busy_seconds": busy}  # busy_seconds: reported, not stored

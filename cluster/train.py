@@ -131,6 +131,8 @@ def train_loop_per_worker(config: dict) -> None:
     micro = spec.batch_size // world
     base_seed = stage_seed(spec.seed, 0, "train")
     t0, seen, losses, curve = time.perf_counter(), 0, [], []
+    t_end = None
+    warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
     while step < spec.steps:
         stream = iter(stream_samples(config["train_url"], rank=rank, world_size=world, seed=base_seed,
                                      epoch=step, resampled=True, shuffle_buffer=spec.shuffle_buffer,
@@ -150,6 +152,10 @@ def train_loop_per_worker(config: dict) -> None:
                 ema.update(engine.module)
             step += 1
             seen += micro
+            if step == warm_at:
+                t_warm = time.perf_counter()
+            if step == spec.steps:
+                t_end = time.perf_counter()
             _maybe_fail(step, config.get("fail_at_step"), model_url, so)
             losses.append(loss.detach())
             if step % spec.log_every == 0 or step == spec.steps:
@@ -170,7 +176,9 @@ def train_loop_per_worker(config: dict) -> None:
         diffusion.save_model(final, scheduler, local)
         directories.upload_directory(local, model_url, extra={"kind": "diffusers-model", "steps": step,
                                                               "preset": spec.preset, "spec_hash": config["spec_hash"],
-                                                              "loss_curve": curve, "resumed_from": resumed_from},
+                                                              "loss_curve": curve, "resumed_from": resumed_from,
+                                                              "steps_per_s": (step - warm_at) / (t_end - t_warm)
+                                                              if t_warm and t_end and step > warm_at else None},
                                      storage_options=so)
     dist.barrier()
 
