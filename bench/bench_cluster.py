@@ -78,7 +78,7 @@ def main():
         t = time.perf_counter()
         m = sample_pool(f"{work}/model", f"{work}/pool-{actors}", spec, min_actors=actors, max_actors=actors,
                         progress=lambda *_: None)
-        pools[actors] = (args.images / (time.perf_counter() - t), args.images / m["busy_seconds"])
+        pools[actors] = (args.images / (time.perf_counter() - t), m["made"] / m["busy_seconds"])
     same = [r["sha256"] for r in open_sample_set(f"{work}/pool-1").shards] == \
            [r["sha256"] for r in open_sample_set(f"{work}/pool-2").shards]
     print(f"sampling {args.images} images, {args.preset}, DDIM-{args.sample_steps}, batch {args.batch} "

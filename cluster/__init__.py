@@ -5,7 +5,14 @@ here, before any ``cluster`` module imports ray (only when no cluster address is
 """
 import os as _os
 
-if not _os.environ.get("RAY_ADDRESS"):
+def _loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host.startswith("127.") or host in ("localhost", "[::1]")
+
+
+# A driver that reaches a Ray on 127.0.0.1 without these hangs: Ray rewrites 127.0.0.1 to the
+# machine's address. On a real cluster (a routable address) they must stay unset.
+if not _os.environ.get("RAY_ADDRESS") or _loopback(_os.environ["RAY_ADDRESS"]):
     from cluster.runtime import LOCAL_RAY_ENV as _LOCAL
 
     for _k, _v in _LOCAL.items():

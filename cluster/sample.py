@@ -103,7 +103,7 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     missing = [j for j, r in records.items() if r is None]
     progress(f"sample: {spec.count} images in {n_shards} shards ({n_shards - len(missing)} already done) "
              f"with {min_actors}..{max_actors} actor(s)")
-    busy = 0.0  # seconds the actors spent sampling and writing (their start-up excluded)
+    busy, made = 0.0, 0  # seconds the actors spent sampling and writing (start-up excluded), images made
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:
@@ -125,10 +125,10 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
             record = json.loads(row["record"])
             records[int(record["name"][6:12])] = record
             busy += float(row["seconds"])
+            made += len(record["keys"])
     manifest = commit_sample_set(pool_url, [records[j] for j in range(n_shards)], config_hash=chash,
                                  extra={"model": model_url, "generation": spec.generation, "method": spec.method,
                                         "steps": spec.steps}, storage_options=storage_options)
     if busy:
-        progress(f"sample: {spec.count} images; {sum(len(records[j]['keys']) for j in missing) / busy:.1f} "
-                 "images/s per actor while sampling")
-    return {**manifest, "busy_seconds": busy}  # busy_seconds: reported, not stored
+        progress(f"sample: {made} images made, {made / busy:.1f} images/s per actor while sampling")
+    return {**manifest, "busy_seconds": busy, "made": made}  # reported, not stored

@@ -25,7 +25,8 @@ def main(args) -> int:
         print(format_plan(plan(cfg)))
         return 0
     import os
-
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
     from cluster.loop import Loop, summary_table
     from cluster.runtime import connect
     t0 = time.perf_counter()

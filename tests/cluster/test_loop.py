@@ -1,0 +1,148 @@
+"""The whole loop: `ray job submit` of the tiny preset with its run directory on Ceph; kill and resubmit."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from collapse.data import manifest as mf
+from collapse.data import storage
+from collapse.data.samples import open_sample_set
+from collapse.data.urls import RunLayout
+from collapse.seeding import sample_seed
+
+pytestmark = [pytest.mark.ceph, pytest.mark.slow]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RUNTIME_EXCLUDES = [".venv", ".git", ".state", "runs", "**/__pycache__", ".pytest_cache"]
+
+
+def _job_env(endpoint) -> str:
+    return json.dumps({"env_vars": {"AWS_ENDPOINT_URL": endpoint.endpoint_url, "AWS_ACCESS_KEY_ID": endpoint.key,
+                                    "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_EC2_METADATA_DISABLED": "true"},
+                       "excludes": RUNTIME_EXCLUDES})
+
+
+def _ray_job(head, *args, timeout=600) -> subprocess.CompletedProcess:
+    cmd = [str(pathlib.Path(sys.executable).parent / "ray"), "job", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, RAY_ADDRESS=head.dashboard))
+
+
+def _submit(head, endpoint, run_dir, *extra, wait=True):
+    args = ["submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--runtime-env-json",
+            _job_env(endpoint)]
+    if not wait:
+        args.append("--no-wait")
+    return _ray_job(head, *args, "--", "python", "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", run_dir,
+                    *extra)
+
+
+def _selections(root, opts):
+    L = RunLayout(root)
+    return {s: [k["key"] for k in mf.read_manifest(L.selection(s, 1), opts)["kept"]] for s in ("vanilla", "greedy")}
+
+
+def _metrics(root, opts):
+    rows = [json.loads(line) for line in storage.read_bytes(RunLayout(root).metrics_log, opts).decode().splitlines()]
+    for r in rows:
+        r.pop("stage_seconds")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_head, ceph_s3):
+    import s3fs
+    opts = ceph_s3.storage_options
+    fs = s3fs.S3FileSystem(**opts)
+    if not fs.exists("loop-tests"):
+        fs.mkdir("loop-tests")
+    root = "s3://loop-tests/run-a"
+    r = _submit(ray_head, ceph_s3, root, "--set", "resources.sampler_min_actors=2",
+                "--set", "resources.sampler_max_actors=2")  # two sampler actors; the last test uses one
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return root, opts, r.stdout
+
+
+def test_submitted_job_writes_every_stage_and_metric(finished_run):
+    root, opts, out = finished_run
+    L = RunLayout(root)
+    assert "finished" in out and "last generation" in out
+    for strategy in ("vanilla", "greedy"):
+        m = json.loads(storage.read_bytes(L.metrics(strategy, 2), opts))
+        pixel = m["spaces"]["pixel"]
+        for figure in ("entropy", "gs", "memorization", "fd", "kid", "precision", "recall", "density", "coverage",
+                       "covariance_trace", "mean_nn_distance"):
+            assert figure in pixel and pixel[figure] == pixel[figure], figure  # present and not NaN
+        assert m["real_share"] == 0.0 and m["train_count"] == 64
+        assert set(m["stage_seconds"]) == {"train", "sample", "featurize"}
+        assert mf.read_manifest(L.model(strategy, 2), opts)["kind"] == "directory"
+        assert open_sample_set(L.pool(strategy, 2), opts).count == 64
+    stages = storage.list_names(storage.join(root, "stages", "greedy", "gen-002"), opts)
+    assert stages == ["featurize", "sample", "score", "train"]
+    assert len(_metrics(root, opts)) == 4  # generation 1 (shared) and 2, for both strategies
+
+
+def test_generation_two_training_images_trace_back_to_their_generation_one_sample(finished_run):
+    root, opts, _ = finished_run
+    L = RunLayout(root)
+    model_1 = L.model("shared", 1)
+    for strategy in ("vanilla", "greedy"):
+        train2 = open_sample_set(L.train_set(strategy, 2), opts)
+        pool1 = {s.key: s for s in open_sample_set(L.pool("shared", 1), opts).iter_samples()}
+        for s in train2.iter_samples():
+            meta = s.meta
+            assert meta["source"] == "gen-001" and meta["model"] == model_1
+            assert meta["seed"] == sample_seed(0, 1, meta["index"])
+            origin = pool1[s.key]
+            assert (origin.image == s.image).all() and origin.meta["seed"] == meta["seed"]
+            decision = meta["decisions"][-1]
+            assert decision["strategy"] == strategy and decision["kept"] and decision["generation"] == 1
+            if strategy == "greedy":
+                assert decision["how"] == "select" and "distance" in decision
+
+
+def test_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(ray_head, ceph_s3, finished_run):
+    root, opts, _ = finished_run
+    r = _submit(ray_head, ceph_s3, root)
+    assert r.returncode == 0 and "already complete" in r.stdout
+    r = _submit(ray_head, ceph_s3, root, "--set", "train.steps=21")
+    assert r.returncode != 0
+    assert "train.steps: 20 -> 21" in r.stdout + r.stderr
+
+
+def test_killed_job_resubmitted_matches_the_uninterrupted_run(ray_head, ceph_s3, finished_run):
+    root_a, opts, _ = finished_run
+    root = "s3://loop-tests/run-killed"
+    r = _submit(ray_head, ceph_s3, root, wait=False)
+    assert r.returncode == 0, r.stderr
+    job_id = next(w for w in (r.stdout + r.stderr).split() if w.startswith("raysubmit_")).strip("'\"")
+    deadline = time.time() + 300
+    marker = storage.join(RunLayout(root).stage_record("shared/gen-001/sample"), "manifest.json")
+    while not storage.exists(marker, opts):  # kill it in the middle of generation 1
+        assert time.time() < deadline, _ray_job(ray_head, "logs", job_id).stdout[-3000:]
+        time.sleep(0.5)
+    stop = _ray_job(ray_head, "stop", job_id)
+    assert stop.returncode == 0, stop.stderr
+    assert not storage.exists(RunLayout(root).metrics("greedy", 2), opts)
+    r = _submit(ray_head, ceph_s3, root)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "skipping" in r.stdout or "already" in r.stdout
+    assert _selections(root, opts) == _selections(root_a, opts)
+    a, b = _metrics(root_a, opts), _metrics(root, opts)
+    assert a == b
+
+
+def test_one_and_two_sampler_actors_give_the_same_selections(ray_local, ceph_s3, finished_run):
+    from cluster.loop import Loop
+    from collapse.config import load_config
+    root_a, opts, _ = finished_run
+    root = "s3://loop-tests/run-one-actor"
+    cfg = load_config("tiny", [f"run.run_dir={root}", "resources.sampler_max_actors=1"])
+    os.environ.update(AWS_ENDPOINT_URL=ceph_s3.endpoint_url, AWS_ACCESS_KEY_ID=ceph_s3.key,
+                      AWS_SECRET_ACCESS_KEY=ceph_s3.secret)
+    Loop(cfg, progress=lambda *_: None).run()
+    assert _selections(root, opts) == _selections(root_a, opts)
+    assert _metrics(root, opts) == _metrics(root_a, opts)

@@ -1,0 +1,114 @@
+"""The sampler pool: images keyed by sample index, whatever the actors, batches or interruptions."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.sample import SampleSpec, sample_pool
+from collapse import diffusion
+from collapse.data import directories, storage
+from collapse.data.samples import open_sample_set
+from collapse.errors import NotFinishedError
+
+pytestmark = [pytest.mark.ceph, pytest.mark.slow]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUIET = dict(progress=lambda *_: None)
+SPEC = SampleSpec(count=40, run_seed=7, generation=2, method="ddim", steps=6, shard_size=8, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def model(ceph_s3):
+    """A tiny model (a few plain torch steps towards a constant image: enough to be a real model)."""
+    import s3fs
+    opts = ceph_s3.storage_options
+    fs = s3fs.S3FileSystem(**opts)
+    if not fs.exists("sample-tests"):
+        fs.mkdir("sample-tests")
+    torch.manual_seed(0)
+    unet, scheduler = diffusion.build("tiny")
+    with tempfile.TemporaryDirectory() as d:
+        diffusion.save_model(unet, scheduler, d)
+        directories.upload_directory(d, "s3://sample-tests/model", storage_options=opts)
+    return "s3://sample-tests", opts
+
+
+def _images(url, opts):
+    s = open_sample_set(url, opts)
+    keys, images, metas = s.load()
+    return s, keys, images, metas
+
+
+def test_one_and_two_actors_give_identical_pools_with_lineage(ray_local, model):
+    root, opts = model
+    one = sample_pool(f"{root}/model", f"{root}/pool-1", SPEC, max_actors=1, storage_options=opts, **QUIET)
+    two = sample_pool(f"{root}/model", f"{root}/pool-2", SPEC, min_actors=2, max_actors=2, storage_options=opts,
+                      **QUIET)
+    assert [r["sha256"] for r in one["shards"]] == [r["sha256"] for r in two["shards"]]
+    s, keys, images, metas = _images(f"{root}/pool-2", opts)
+    assert keys == [f"gen-002-{i:07d}" for i in range(40)] and images.shape == (40, 16, 16)
+    assert len({m["seed"] for m in metas}) == 40
+    assert all(m["source"] == "gen-002" and m["model"] == f"{root}/model" for m in metas)
+    assert images.std() > 0
+
+
+def test_images_do_not_depend_on_batch_size_in_batch_invariant_mode(ray_local, model):
+    root, opts = model
+    spec = {**SPEC.__dict__, "batch_invariant": True, "count": 12, "shard_size": 6}
+    a = sample_pool(f"{root}/model", f"{root}/inv-a", SampleSpec(**{**spec, "batch_size": 1}), storage_options=opts,
+                    **QUIET)
+    b = sample_pool(f"{root}/model", f"{root}/inv-b", SampleSpec(**{**spec, "batch_size": 5}), storage_options=opts,
+                    **QUIET)
+    ia, ib = _images(f"{root}/inv-a", opts)[2], _images(f"{root}/inv-b", opts)[2]
+    assert np.array_equal(ia, ib)
+    # a sample's image is its own: the pool's first 12 samples are the same images in a larger pool
+    c = sample_pool(f"{root}/model", f"{root}/inv-c", SampleSpec(**{**spec, "batch_size": 5, "count": 18}),
+                    storage_options=opts, **QUIET)
+    assert np.array_equal(_images(f"{root}/inv-c", opts)[2][:12], ia)
+    assert a["count"] == b["count"] == 12 and c["count"] == 18
+
+
+DRIVER = """
+import sys
+from cluster.runtime import connect
+from cluster.sample import SampleSpec, sample_pool
+import json
+connect()
+spec = SampleSpec(**json.loads(sys.argv[3]))
+sample_pool(sys.argv[1], sys.argv[2], spec, max_actors=1, storage_options=json.loads(sys.argv[4]))
+"""
+
+
+def test_killed_sampler_stage_rerun_gives_the_uninterrupted_set(ray_head, model):
+    import json
+    root, opts = model
+    spec = dict(SPEC.__dict__)
+    pool = f"{root}/pool-killed"
+    env = dict(os.environ, RAY_ADDRESS=ray_head.address)
+    args = [sys.executable, "-c", DRIVER, f"{root}/model", pool, json.dumps(spec), json.dumps(opts)]
+    proc = subprocess.Popen(args, env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not any(n.endswith(".json") and n.startswith("shard-") for n in storage.list_names(pool, opts)):
+            assert proc.poll() is None and time.time() < deadline, "the sampler wrote no shard"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    names = storage.list_names(pool, opts)
+    assert "manifest.json" not in names
+    with pytest.raises(NotFinishedError):
+        open_sample_set(pool, opts)
+    done_before = sorted(n for n in names if n.endswith(".json"))
+    assert 1 <= len(done_before) < 5
+    rerun = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"({len(done_before)} already done)" in rerun.stdout, rerun.stdout + rerun.stderr[-3000:]
+    uninterrupted = sample_pool(f"{root}/model", f"{root}/pool-1", SPEC, storage_options=opts, **QUIET)
+    assert [r["sha256"] for r in open_sample_set(pool, opts).shards] == [r["sha256"] for r in uninterrupted["shards"]]
