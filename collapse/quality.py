@@ -1,0 +1,135 @@
+"""Sample-quality metrics between a reference feature set (real) and a generated one (fake).
+
+- Frechet distance (FD, Heusel et al.): ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)),
+  covariances with ddof = 1 (as pytorch-fid). Tr (S_a S_b)^(1/2) is taken as the sum of the
+  square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2), a symmetric PSD matrix: real and
+  stable, and exactly Tr S_a when b == a, so FD(a, a) = 0 up to rounding.
+- KID (Binkowski et al.): unbiased MMD^2 with the cubic polynomial kernel
+  k(x, y) = (x.y / d + 1)^3, averaged over random subsets; returns (mean, std) over subsets.
+- PRDC (Naeem et al. 2020) with k neighbours: precision, recall, density, coverage. The ball of a
+  point is open (distance < its k-th neighbour distance), as in the authors' code.
+
+Features are float rows (N, d); everything is accumulated in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from collapse.knn import as_rows, check_int, knn, pair_distance, resolve_device
+
+_ROUNDING = 1e-9  # relative error bound of |p|^2 + |c|^2 - 2 p.c in float64, generously
+
+
+def _mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a = x.astype(np.float64)
+    return a.mean(axis=0), np.cov(a, rowvar=False, ddof=1).reshape(a.shape[1], a.shape[1])
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """FD between two feature sets (N_a, d) and (N_b, d), N >= 2 each."""
+    a, b = as_rows(feats_a, "feats_a"), as_rows(feats_b, "feats_b")
+    if a.shape[1] != b.shape[1] or min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"frechet_distance needs two sets of >= 2 rows of the same d, got {a.shape} and {b.shape}")
+    mu_a, s_a = _mean_cov(a)
+    mu_b, s_b = _mean_cov(b)
+    root_a = _psd_sqrt(s_a)
+    m = root_a @ s_b @ root_a
+    tr_sqrt = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * tr_sqrt)
+
+
+def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def kid(feats_a, feats_b, *, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID: (mean, std) over ``n_subsets`` of the unbiased MMD^2 between random subsets of
+    ``min(subset_size, N_a, N_b)`` rows drawn without replacement from each set (seeded)."""
+    a, b = as_rows(feats_a, "feats_a"), as_rows(feats_b, "feats_b")
+    check_int(n_subsets, "n_subsets", low=1)
+    check_int(subset_size, "subset_size", low=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"kid needs the same d, got {a.shape} and {b.shape}")
+    m = min(subset_size, a.shape[0], b.shape[0])
+    if m < 2:
+        raise ValueError(f"kid needs at least 2 rows in each set, got {a.shape[0]} and {b.shape[0]}")
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_subsets, dtype=np.float64)
+    for t in range(n_subsets):
+        x = a[rng.choice(a.shape[0], m, replace=False)].astype(np.float64)
+        y = b[rng.choice(b.shape[0], m, replace=False)].astype(np.float64)
+        k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+        off = m * (m - 1)
+        values[t] = ((k_xx.sum() - np.trace(k_xx)) / off + (k_yy.sum() - np.trace(k_yy)) / off
+                     - 2.0 * k_xy.mean())
+    return float(values.mean()), float(values.std())
+
+
+@dataclass(frozen=True)
+class PRDC:
+    """Naeem et al.'s four numbers; precision and density judge fake, recall and coverage real."""
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    k: int
+
+
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int, dev) -> np.ndarray:
+    """int64 (P,): for each point, how many centres c have ||point - c|| < radii[c].
+
+    Chunked float64 matrix products decide every pair except those within rounding of the ball's
+    surface (a set against itself puts each k-th neighbour exactly there); those are decided with
+    the same exact distance that produced the radius.
+    """
+    shift = centres.mean(axis=0, dtype=np.float64)
+    c = torch.from_numpy(centres.astype(np.float64) - shift).to(dev)
+    c_sq = (c * c).sum(1)
+    r_sq = torch.from_numpy(radii.astype(np.float64) ** 2).to(dev)
+    out = np.empty(points.shape[0], dtype=np.int64)
+    for s in range(0, points.shape[0], chunk):
+        p = torch.from_numpy(points[s:s + chunk].astype(np.float64) - shift).to(dev)
+        p_sq = (p * p).sum(1, keepdim=True)
+        gap = p_sq + c_sq - 2.0 * (p @ c.T) - r_sq
+        tol = _ROUNDING * (p_sq + c_sq)
+        count = (gap < -tol).sum(1).cpu().numpy()
+        pi, ci = (x.cpu().numpy() for x in torch.nonzero(gap.abs() <= tol, as_tuple=True))
+        if pi.size:
+            inside = pair_distance(points[s + pi], centres[ci]) < radii[ci]
+            np.add.at(count, pi[inside], 1)
+        out[s:s + chunk] = count
+    return out
+
+
+def prdc(real, fake, k: int = 5, *, chunk: int = 2048, device=None) -> PRDC:
+    """Precision, recall, density, coverage of fake (M, d) against real (N, d) with k neighbours.
+
+    r_real(i) / r_fake(j): distance to the k-th nearest other row of the same set.
+    precision = share of fake inside some real ball; recall = share of real inside some fake ball;
+    density = (1 / kM) * sum_j #{real balls holding fake_j}; coverage = share of real balls that hold
+    at least one fake (nearest fake closer than r_real(i)).
+    """
+    r_set, f_set = as_rows(real, "real"), as_rows(fake, "fake")
+    check_int(k, "k", low=1)
+    if r_set.shape[1] != f_set.shape[1]:
+        raise ValueError(f"prdc needs the same d, got {r_set.shape} and {f_set.shape}")
+    if min(r_set.shape[0], f_set.shape[0]) <= k:
+        raise ValueError(f"prdc needs more than k={k} rows in each set, got {r_set.shape[0]} and {f_set.shape[0]}")
+    dev = resolve_device(device)
+    r_real = knn(r_set, r_set, k, exclude_self=True, device=dev)[0][:, -1]
+    r_fake = knn(f_set, f_set, k, exclude_self=True, device=dev)[0][:, -1]
+    in_real = _ball_counts(f_set, r_set, r_real, chunk, dev)   # (M,) real balls holding each fake
+    in_fake = _ball_counts(r_set, f_set, r_fake, chunk, dev)   # (N,) fake balls holding each real
+    nearest_fake = knn(r_set, f_set, 1, device=dev)[0][:, 0]
+    return PRDC(precision=float(np.mean(in_real > 0)), recall=float(np.mean(in_fake > 0)),
+                density=float(in_real.sum() / (k * f_set.shape[0])),
+                coverage=float(np.mean(nearest_fake < r_real)), k=int(k))

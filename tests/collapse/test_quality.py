@@ -1,0 +1,93 @@
+"""FD, KID and PRDC against direct numpy/scipy computations on small sets."""
+import numpy as np
+import pytest
+import scipy.linalg
+from scipy.spatial.distance import cdist
+
+from collapse.quality import frechet_distance, kid, prdc
+
+
+def fd_scipy(a, b):
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s_a @ s_b).real
+    return ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean)
+
+
+@pytest.fixture
+def ab():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(250, 6)) * 1.5 + 0.3
+    return a, b
+
+
+def test_frechet_distance_matches_scipy(ab):
+    a, b = ab
+    assert frechet_distance(a, b) == pytest.approx(fd_scipy(a, b), rel=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero(ab):
+    a, _ = ab
+    assert abs(frechet_distance(a, a)) < 1e-9 * np.trace(np.cov(a, rowvar=False))
+
+
+def test_frechet_distance_one_dimension_closed_form():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(400, 1)), 2.0 * rng.normal(size=(500, 1)) + 1.0
+    sa, sb = a.std(ddof=1), b.std(ddof=1)
+    assert frechet_distance(a, b) == pytest.approx((a.mean() - b.mean()) ** 2 + (sa - sb) ** 2, rel=1e-10)
+
+
+def mmd2_unbiased(x, y):
+    k = lambda u, v: (u @ v.T / u.shape[1] + 1) ** 3
+    m = x.shape[0]
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean())
+
+
+def test_kid_matches_direct_mmd(ab):
+    a, b = ab
+    mean, std = kid(a[:200], b[:200], n_subsets=1, subset_size=200)   # whole sets: MMD is order-free
+    assert mean == pytest.approx(mmd2_unbiased(a[:200], b[:200]), rel=1e-10) and std == 0.0
+    m1, s1 = kid(a, b, n_subsets=20, subset_size=100, seed=3)
+    assert (m1, s1) == kid(a, b, n_subsets=20, subset_size=100, seed=3)
+    assert abs(kid(a, a, n_subsets=20, subset_size=100)[0]) < 0.1 * kid(a, a + 3.0, n_subsets=20, subset_size=100)[0]
+
+
+def prdc_numpy(real, fake, k):
+    rr, ff, rf = cdist(real, real), cdist(fake, fake), cdist(real, fake)
+    r_real = np.sort(rr, axis=1)[:, k]          # column 0 is the point itself
+    r_fake = np.sort(ff, axis=1)[:, k]
+    precision = (rf < r_real[:, None]).any(axis=0).mean()
+    recall = (rf < r_fake[None, :]).any(axis=1).mean()
+    density = (rf < r_real[:, None]).sum() / (k * fake.shape[0])
+    coverage = (rf.min(axis=1) < r_real).mean()
+    return precision, recall, density, coverage
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_prdc_matches_numpy(ab, k):
+    a, b = ab
+    got = prdc(a, b, k=k, chunk=64)
+    exp = prdc_numpy(a, b, k)
+    assert (got.precision, got.recall, got.density, got.coverage) == pytest.approx(exp, rel=1e-12)
+    assert 0 < got.precision < 1 and 0 < got.recall < 1
+
+
+def test_prdc_of_a_set_with_itself(ab):
+    a, _ = ab
+    got = prdc(a, a, k=5)
+    assert got.precision == 1.0 and got.recall == 1.0 and got.coverage == 1.0
+    assert got.density == pytest.approx(prdc_numpy(a, a, 5)[2], rel=1e-12)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="same d"):
+        frechet_distance(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="more than k"):
+        prdc(np.random.rand(5, 2), np.random.rand(5, 2), k=5)
+    with pytest.raises(ValueError, match="n_subsets"):
+        kid(np.zeros((3, 2)), np.zeros((3, 2)), n_subsets=0)
