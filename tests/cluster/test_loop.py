@@ -36,7 +36,7 @@ def _submit(head, endpoint, run_dir, *extra, wait=True):
             _job_env(endpoint)]
     if not wait:
         args.append("--no-wait")
-    return _ray_job(head, *args, "--", "python", "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", run_dir,
+    return _ray_job(head, *args, "--", sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", run_dir,
                     *extra)
 
 
