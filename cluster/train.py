@@ -232,7 +232,9 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
                                                resources_per_worker={"CPU": cpus_per_worker,
                                                                      **({"GPU": 1} if use_gpu else {})}),
         run_config=ray.train.RunConfig(name=f"train-{spec_hash}", storage_path=tempfile.gettempdir() + "/collapse-ray",
-                                       failure_config=ray.train.FailureConfig(max_failures=max_failures)))
+                                       failure_config=ray.train.FailureConfig(max_failures=max_failures),
+                                       # our stage prints the loss curve; Ray Train's per-report INFO lines are noise
+                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")))
     t0 = time.perf_counter()
     trainer.fit()
     done = mf.read_manifest(model_url, storage_options)

@@ -31,11 +31,13 @@ def _ray_job(head, *args, timeout=600) -> subprocess.CompletedProcess:
                           env=dict(os.environ, RAY_ADDRESS=head.dashboard))
 
 
-def _submit(head, endpoint, run_dir, *extra, wait=True):
+def _submit(head, endpoint, run_dir, *extra, wait=True, job_id=None):
     args = ["submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--runtime-env-json",
             _job_env(endpoint)]
     if not wait:
         args.append("--no-wait")
+    if job_id:
+        args += ["--submission-id", job_id]
     return _ray_job(head, *args, "--", sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", run_dir,
                     *extra)
 
@@ -116,9 +118,9 @@ def test_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(ray_head, cep
 def test_killed_job_resubmitted_matches_the_uninterrupted_run(ray_head, ceph_s3, finished_run):
     root_a, opts, _ = finished_run
     root = "s3://loop-tests/run-killed"
-    r = _submit(ray_head, ceph_s3, root, wait=False)
+    job_id = f"killed-{time.time_ns()}"
+    r = _submit(ray_head, ceph_s3, root, wait=False, job_id=job_id)
     assert r.returncode == 0, r.stderr
-    job_id = next(w for w in (r.stdout + r.stderr).split() if w.startswith("raysubmit_")).strip("'\"")
     deadline = time.time() + 300
     marker = storage.join(RunLayout(root).stage_record("shared/gen-001/sample"), "manifest.json")
     while not storage.exists(marker, opts):  # kill it in the middle of generation 1

@@ -29,12 +29,20 @@ def ceph_data(ceph_s3):
     return f"s3://{bucket}", opts
 
 
+def _built_extensions() -> set:
+    """What torch/DeepSpeed JIT-compiled so far (DeepSpeed builds its C++ ops there)."""
+    import os
+    root = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+    return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".so")}
+
+
 @pytest.fixture(scope="module")
 def trained(ray_local, ceph_data):
     root, opts = ceph_data
+    before = _built_extensions()
     manifest = train_model(f"{root}/real/train", f"{root}/model-a", SPEC, num_workers=2, cpus_per_worker=0.5,
                            storage_options=opts, progress=lambda *_: None)
-    return root, opts, manifest
+    return root, opts, manifest, _built_extensions() - before
 
 
 def _weights(model_url, opts):
@@ -45,8 +53,12 @@ def _weights(model_url, opts):
     return {k: v.clone() for k, v in unet.state_dict().items()}
 
 
+def test_nothing_is_compiled_at_run_time(trained):
+    assert trained[3] == set()
+
+
 def test_two_workers_train_and_loss_falls(trained):
-    root, opts, manifest = trained
+    root, opts, manifest, _ = trained
     curve = manifest["extra"]["loss_curve"]
     assert [s for s, _ in curve] == [4, 8, 12, 16]
     assert curve[-1][1] < 0.6 * curve[0][1], curve
@@ -61,7 +73,7 @@ def test_two_workers_train_and_loss_falls(trained):
 
 def test_final_model_loads_in_a_plain_diffusers_pipeline(trained):
     from diffusers import DDPMPipeline
-    root, opts, _ = trained
+    root, opts, _, _ = trained
     with tempfile.TemporaryDirectory() as d:
         directories.download_directory(f"{root}/model-a", d, opts)
         pipe = DDPMPipeline.from_pretrained(d)
@@ -70,7 +82,7 @@ def test_final_model_loads_in_a_plain_diffusers_pipeline(trained):
 
 
 def test_a_finished_training_is_skipped_and_a_different_one_refused(trained):
-    root, opts, manifest = trained
+    root, opts, manifest, _ = trained
     said = []
     again = train_model(f"{root}/real/train", f"{root}/model-a", SPEC, num_workers=2, cpus_per_worker=0.5,
                         storage_options=opts, progress=said.append)
@@ -84,7 +96,7 @@ def test_a_finished_training_is_skipped_and_a_different_one_refused(trained):
 def test_failed_worker_group_resumes_from_checkpoint_and_matches(trained):
     """A worker dies at step 12; Ray Train restarts the group, which resumes from step 8's checkpoint.
     The result equals the uninterrupted run bit for bit (data and noise are keyed by step)."""
-    root, opts, _ = trained
+    root, opts, _, _ = trained
     manifest = train_model(f"{root}/real/train", f"{root}/model-b", SPEC, num_workers=2, cpus_per_worker=0.5,
                            max_failures=1, fail_at_step=12, storage_options=opts, progress=lambda *_: None)
     assert storage.exists(f"{root}/model-b/failed-at-12", opts)
