@@ -30,7 +30,8 @@ from collapse.data.samples import SampleSet, write_subset
 from collapse.data.urls import RunLayout
 from collapse.errors import ConfigError
 from collapse.metrics import generation_metrics
-from collapse.plan import SHARED, Plan, plan
+from collapse.plan import SHARED, plan
+from collapse.report import render_report
 from collapse.selection import select
 
 
@@ -57,7 +58,9 @@ class Loop:
                 mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
                                   "config_hash": stage.config_hash, "wall_s": wall}, self.so)
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s")
-        return self.write_metrics_log()
+        rows = self.write_metrics_log()
+        self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
+        return rows
 
     def done(self, stage) -> bool:
         rec = mf.try_read_manifest(self.L.stage_record(stage.key), self.so)

@@ -34,6 +34,11 @@ def cmd_select(args) -> int:
     return curate.select(args, _storage_options(args))
 
 
+def cmd_report(args) -> int:
+    from jobs import report
+    return report.main(args, _storage_options(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="collapse", description="Model collapse in the self-consuming loop of "
                                 "diffusion models: measure it, and prevent it with entropy-based selection.")
@@ -66,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_select_arguments(se)
     se.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     se.set_defaults(func=cmd_select)
+
+    from jobs import report
+    rp = sub.add_parser("report", help="render the HTML report of run directories (plots, samples, neighbours)")
+    report.add_arguments(rp)
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,279 @@
+"""``render_report``: one HTML page (and the PNGs it shows) from one or more run directories alone.
+
+Sections, top to bottom: status and legend; ln GS against H(D_n) with Pearson's r (the paper's
+central figure); one plot per metric against generation (a line per strategy and run); the last
+generation of each strategy; samples per generation with their nearest training images; the
+time of each stage; the config and its hash; links to every artefact.
+
+Written through :mod:`collapse.data.storage` (``file://``, ``s3://``, ``memory://``, ...): the PNGs
+first, ``index.html`` last, so a reader never sees a page that points at missing images. A run
+still going renders what it holds so far; render again to follow it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from collapse.data import storage
+from collapse.data.samples import SampleSet
+from collapse.errors import NotFinishedError
+from collapse.plan import SHARED, STAGES
+from collapse.report import figures as F
+from collapse.report import html as H
+from collapse.report.plots import (LINESTYLES, SHARED_COLOUR, assign_colours, gs_entropy_plot, line_plot, mosaic,
+                                   neighbours_plot)
+from collapse.report.read import Generation, Run, normalise_root, read_run
+
+GRID_SAMPLES = 64        # generated samples shown per generation and strategy
+NEIGHBOUR_QUERY = 1000   # the first (scored) samples searched for the closest and typical ones
+SHOWN_SHARDS = 6
+LINESTYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+
+
+def render_report(run_dirs: list[str], out_url: str | None = None, storage_options: dict | None = None) -> str:
+    """Render the report of ``run_dirs`` into ``out_url`` (default ``<first run>/report``); return the
+    URL of its ``index.html``. ``storage_options`` apply to every URL (None: from the environment)."""
+    if isinstance(run_dirs, str):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise ValueError("render_report needs at least one run directory")
+    runs = read_runs(run_dirs, storage_options)
+    out = normalise_root(out_url) if out_url else runs[0].layout.report
+    files: dict[str, bytes] = {}
+    colours = assign_colours([s for r in runs for s in r.strategies])
+    body = "\n".join([header(runs, colours), central(runs, colours, files), metric_plots(runs, colours, files),
+                      final_table(runs), samples(runs, files), stage_times(runs), configs(runs, out),
+                      artefacts(runs, out)])
+    so = storage_options if storage_options is not None else storage.storage_options_for(out)
+    for name, data in files.items():
+        storage.write_bytes(storage.join(out, name), data, so)
+    index = storage.join(out, "index.html")
+    storage.write_bytes(index, H.page("collapse report: " + ", ".join(r.label for r in runs), body).encode(), so)
+    return index
+
+
+def read_runs(run_dirs: list[str], storage_options: dict | None) -> list[Run]:
+    runs = []
+    for i, url in enumerate(run_dirs):
+        run = read_run(url, storage_options)
+        if any(r.label == run.label for r in runs):
+            run.label = f"{run.label}#{i + 1}"
+        runs.append(run)
+    return runs
+
+
+# -- status and legend
+
+def header(runs: list[Run], colours: dict[str, str]) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [[H.esc(r.label), H.esc(r.root), f"<code>{H.esc(r.config_hash or '-')}</code>", progress(r),
+             str(len(r.stages))] for r in runs]
+    legend = "".join(f'<span class="swatch" style="background:{c}"></span>{H.esc(s)}' for s, c in colours.items())
+    legend += f'<span class="swatch" style="background:{SHARED_COLOUR}"></span>shared generation 1 (scatter)'
+    if len(runs) > 1:
+        legend += "<br>runs: " + ", ".join(f"{H.esc(r.label)} {LINESTYLE_NAMES[LINESTYLES[i % 4]]}"
+                                           for i, r in enumerate(runs))
+    return (f"<h1>Model collapse in the self-consuming loop</h1><p class='muted'>rendered {now} from the run "
+            f"director{'y' if len(runs) == 1 else 'ies'} alone (render again to follow a run that is going)</p>"
+            + H.table(["run", "directory", "config hash", "generations scored per strategy", "stages done"], rows, 4)
+            + f"<p>strategies: {legend}</p>")
+
+
+def progress(run: Run) -> str:
+    planned, parts = run.planned_generations, []
+    for s in run.strategies:
+        gens = sorted({r["generation"] for r in run.rows if r["strategy"] == s})
+        done = max(gens) if gens else 0
+        text = f"{H.esc(s)} {done}/{planned if planned else '?'}"
+        parts.append(f"<span class='partial'>{text}</span>" if planned and done < planned else text)
+    return ", ".join(parts) or "<span class='partial'>nothing scored yet</span>"
+
+
+# -- plots
+
+def central(runs: list[Run], colours: dict[str, str], files: dict) -> str:
+    out = ["<h2>ln GS against training-set entropy</h2>"]
+    for space in F.feature_spaces(runs):
+        points = F.gs_entropy_points(runs, space)
+        png, box, r, n = gs_entropy_plot(points, colours, [x.label for x in runs],
+                                         f"ln GS against H(D_n), {space} space", f"H(D_n) [nats], {space} space",
+                                         f"ln GS [GS: L2 distance, {F.space_scale(space)}]")
+        series = {}
+        for p in points:
+            label = p.strategy if len(runs) == 1 else f"{p.run} / {p.strategy}"
+            s = series.setdefault(label, {"label": label, "run": p.run, "strategy": p.strategy, "points": 0,
+                                          "colour": colours.get(p.strategy, SHARED_COLOUR)})
+            s["points"] += 1
+        name = f"plots/{space}-gs-entropy.png"
+        files[name] = png
+        caption = (f"Every scored generation of every strategy is one point, labelled with its generation n "
+                   f"(generation 1 trains on real data for all strategies: one grey point). Pearson r = "
+                   f"{H.num(r, 3)} between H(D_n) and ln GS over {n} points; dashed: least squares.")
+        out.append(H.figure(name, f"ln GS against entropy, {space}", caption,
+                            {"plot": f"{space}-gs-entropy", "kind": "scatter", "series": list(series.values()),
+                             "axes-box": box, "pearson-r": None if r != r else r}))
+    if len(out) == 1:
+        out.append("<p class='partial'>No generation is scored yet.</p>")
+    return "\n".join(out)
+
+
+def metric_plots(runs: list[Run], colours: dict[str, str], files: dict) -> str:
+    out = ["<h2>Metrics against generation</h2><p class='small muted'>One line per strategy"
+           f"{' and run' if len(runs) > 1 else ''}. Lines that coincide are drawn nested (earlier strategies "
+           "wider) and shifted by a few hundredths of a generation, so every strategy stays visible.</p>"]
+    for space in F.feature_spaces(runs):
+        figs = [_metric_figure(runs, colours, m, space, files) for m in F.METRICS]
+        out.append(f"<h3>{H.esc(space)} space</h3><div class='grid'>{''.join(figs)}</div>")
+    figs = [_metric_figure(runs, colours, m, None, files) for m in F.RUN_METRICS]
+    out.append(f"<h3>Training sets</h3><div class='grid'>{''.join(figs)}</div>")
+    return "\n".join(out)
+
+
+def _metric_figure(runs, colours, m: F.Metric, space: str | None, files: dict) -> str:
+    series = F.metric_series(runs, colours, m, space)
+    if not series:
+        return ""
+    png, box = line_plot(series, m.title, F.axis_label(m, space))
+    key = f"{space}-{m.key}" if space else m.key
+    files[f"plots/{key}.png"] = png
+    data = [{"label": s.label, "run": s.run, "strategy": s.strategy, "colour": s.colour, "generations": list(s.x),
+             "values": list(s.y)} for s in series]
+    ylabel = F.axis_label(m, space)
+    return H.figure(f"plots/{key}.png", f"{m.title}, {space or 'run'}",
+                    f"{H.esc(m.about)} <span class='muted'>y: {H.esc(ylabel)}</span>",
+                    {"plot": key, "kind": "line", "ylabel": ylabel, "series": data, "axes-box": box})
+
+
+# -- tables
+
+def final_table(runs: list[Run]) -> str:
+    spaces = F.feature_spaces(runs)
+    heads = ["run", "strategy", "generation"] + [f"{k}<br><span class='muted'>{H.esc(s)}</span>"
+                                                for s in spaces for k in F.TABLE_KEYS] + ["real share", "|D_n|"]
+    rows = []
+    for run in runs:
+        for r in F.last_rows(run):
+            sp = r.get("spaces") or {}
+            gen = f"{r['generation']} of {run.planned_generations or '?'}"
+            rows.append([H.esc(run.label), H.esc(r["strategy"]), gen]
+                        + [H.num((sp.get(s) or {}).get(k)) for s in spaces for k in F.TABLE_KEYS]
+                        + [H.num(r.get("real_share")), H.num(r.get("train_count"))])
+    note = ("<p class='small muted'>Entropy in nats; GS in L2 distance and FD in squared L2 of the feature space "
+            "(pixel: values 0-255); KID an MMD² (cubic kernel); the rest fractions (density a ratio).</p>")
+    return "<h2>Last generation per strategy</h2>" + (H.table(heads, rows, 2) + note if rows else
+                                                      "<p class='partial'>No generation is scored yet.</p>")
+
+
+def stage_times(runs: list[Run]) -> str:
+    out = ["<h2>Time per stage</h2><p class='small muted'>Wall time of each finished stage, from its record "
+           "<code>stages/&lt;key&gt;/manifest.json</code>; an empty cell is a stage not run (yet).</p>"]
+    for run in runs:
+        by_row: dict[tuple, dict] = {}
+        for key, wall in run.stages.items():
+            parts = key.split("/")
+            owner, gen, name = ("run", "-", key) if len(parts) != 3 else parts
+            by_row.setdefault((owner, gen), {})[name] = wall
+        names = [s for s in STAGES if any(s in d for d in by_row.values())]
+        rows = [[H.esc(o), H.esc(g)] + [H.seconds(d.get(s)) for s in names]
+                + [H.seconds(sum(v for v in d.values() if v))] for (o, g), d in by_row.items()]
+        total = sum(v for v in run.stages.values() if v)
+        out.append(f"<h3>{H.esc(run.label)}: {len(run.stages)} stages, {H.seconds(total)} in all</h3>"
+                   + H.table(["owner", "generation", *names, "sum"], rows, 2))
+    return "\n".join(out)
+
+
+# -- samples and nearest training images
+
+def samples(runs: list[Run], files: dict) -> str:
+    out = ["<h2>Samples and their nearest training images</h2><p class='small muted'>Per generation and strategy: "
+           f"the first {GRID_SAMPLES} generated samples of P_n (the scored ones come first), and beside them the two "
+           f"samples closest to a training image of D_n and two typical ones (median distance) among the first "
+           f"{NEIGHBOUR_QUERY}, each with its 3 nearest images of D_n and their L2 distances in pixel space "
+           "(values 0-255). <span class='copy'>copy?</span> marks d1/d2 &lt; 1/3, the memorization test.</p>"]
+    for i, run in enumerate(runs):
+        prefix = f"grids/run{i + 1}-"
+        out.append(f"<h3>{H.esc(run.label)}</h3>" + _real_card(run, prefix, files))
+        for n in sorted({g.generation for g in run.generations if g.pool is not None}):
+            cards = [_generation_card(run, g, prefix, files) for g in run.generations
+                     if g.generation == n and g.pool is not None]
+            out.append(f"<h3>generation {n}</h3><div class='grid'>{''.join(cards)}</div>")
+    return "\n".join(out)
+
+
+def _real_card(run: Run, prefix: str, files: dict) -> str:
+    try:
+        real = SampleSet(run.layout.real("train"), run.storage_options)
+    except NotFinishedError:
+        return ""
+    _, imgs = F.first_images(real, GRID_SAMPLES)
+    files[prefix + "real-train.png"] = mosaic(imgs)
+    return ("<div class='grid'><div class='card'><b>real/train</b> (D_1 is its first N images)"
+            + H.image(prefix + "real-train.png", "real training images") + "</div></div>")
+
+
+def _generation_card(run: Run, g: Generation, prefix: str, files: dict) -> str:
+    scored = next((r.get("scored_count") for r in run.rows if r["generation"] == g.generation
+                   and (SHARED if r.get("shared") else r["strategy"]) == g.owner), None)
+    keys, imgs = F.first_images(g.pool, min(scored or g.pool.count, NEIGHBOUR_QUERY, g.pool.count))
+    stem = f"{prefix}{g.owner}-gen-{g.generation:03d}"
+    files[stem + "-samples.png"] = mosaic(imgs[:GRID_SAMPLES])
+    who = "shared (all strategies)" if g.owner == SHARED else g.owner
+    html = [f"<div class='card'><b>{H.esc(who)}</b>: P_{g.generation}, {g.pool.count} generated",
+            H.image(stem + "-samples.png", f"samples of {who}, generation {g.generation}")]
+    if g.train is not None and g.train.count >= 2:
+        tkeys, timgs, _ = g.train.load()
+        ev = F.nearest_training(imgs, timgs)
+        files[stem + "-neighbours.png"] = neighbours_plot(imgs[list(ev.rows)], timgs[ev.neighbours], ev.distances,
+                                                          list(ev.labels), ev.copies)
+        rows = [[H.esc(keys[q]), H.esc(tkeys[ev.neighbours[j, 0]]), H.num(float(ev.distances[j, 0])),
+                 H.num(float(ev.ratio[j]), 2) + (" <span class='copy'>copy?</span>" if ev.copies[j] else "")]
+                for j, q in enumerate(ev.rows)]
+        html += [H.image(stem + "-neighbours.png", f"nearest training images, {who}, generation {g.generation}"),
+                 "<div class='small'>" + H.table(["sample", "nearest in D_n", "d1", "d1/d2"], rows, 2) + "</div>"]
+    return "".join(html) + "</div>"
+
+
+# -- config and artefacts
+
+def configs(runs: list[Run], out: str) -> str:
+    parts = ["<h2>Config</h2>"]
+    for run in runs:
+        cfg = H.link(run.layout.config, out, run.root, "config.yaml")
+        parts.append(f"<h3>{H.esc(run.label)}: config_hash <code>{H.esc(run.config_hash or '-')}</code> ({cfg})</h3>"
+                     f"<pre>{H.esc(run.config_yaml or 'no config.yaml yet')}</pre>")
+    return "\n".join(parts)
+
+
+def artefacts(runs: list[Run], out: str) -> str:
+    parts = ["<h2>Artefacts</h2>"]
+    for run in runs:
+        L, ln = run.layout, (lambda url, text, r=run: H.link(url, out, r.root, text))
+        top = [ln(L.config, "config.yaml"), ln(L.config + ".json", "config.yaml.json"),
+               ln(L.metrics_log, "metrics.jsonl"),
+               ln(storage.join(L.real("train"), "manifest.json"), "real/train manifest"),
+               ln(storage.join(L.real("holdout"), "manifest.json"), "real/holdout manifest"),
+               ln(storage.join(L.root, "stages") + "/", "stage records")]
+        rows = [_artefact_row(run, g, ln) for g in sorted(run.generations, key=lambda g: (g.generation,
+                                                                                          g.owner != SHARED))]
+        parts.append(f"<h3>{H.esc(run.label)}</h3><p>{' · '.join(top)}</p>"
+                     + H.table(["owner", "gen", "training set D_n", "model M_n", "pool P_n", "selection", "metrics"],
+                               rows, 7))
+    return "\n".join(parts)
+
+
+def _artefact_row(run: Run, g: Generation, ln) -> list[str]:
+    L, n = run.layout, g.generation
+    selection = ln(storage.join(L.selection(g.owner, n), "manifest.json"), "selection") if g.selection else ""
+    model, url = "", L.model(g.owner, n)
+    if g.model is not None:
+        model = ln(url + "/", "model/") + " · " + ln(storage.join(url, "manifest.json"), "manifest")
+    return [H.esc(g.owner), str(n), _set_links(g.train, ln), model, _set_links(g.pool, ln), selection,
+            ln(L.metrics(g.owner, n), "metrics.json") if g.has_metrics else ""]
+
+
+def _set_links(sample_set, ln) -> str:
+    if sample_set is None:
+        return ""
+    shards = [ln(u, u.rsplit("/", 1)[-1]) for u in sample_set.shard_urls[:SHOWN_SHARDS]]
+    more = len(sample_set.shard_urls) - SHOWN_SHARDS
+    return (ln(storage.join(sample_set.url, "manifest.json"), f"manifest ({sample_set.count})") + "<br>"
+            + " ".join(shards) + (f" … {more} more" if more > 0 else ""))
