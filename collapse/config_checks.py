@@ -1,0 +1,171 @@
+"""Validation of a RunConfig: ``validate(cfg)`` returns cfg or raises a ConfigError.
+
+``validate`` refuses, naming the key and the allowed values: unknown keys, wrong types, values out
+of range, a data size or mode that does not fit the model preset, fp16/bf16 without GPUs, and
+choices that would silently mean something else: random/greedy/tdf with pool_factor 1 under
+replace or accumulate-grow (the whole pool is kept: that is vanilla), fresh_fraction outside
+paradigm fresh, features/tau0/alpha on kinds that do not use them, a tdf without tau0.
+
+The config types and their allowed values (field metadata) live in :mod:`collapse.config`, which
+also exports ``validate``: import it from there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import typing
+
+from collapse.config import (
+    DISTANCE_KINDS, NAME_RE, RESERVED_NAMES, SOURCES, RunConfig, Strategy, _fields, _members,
+)
+from collapse.errors import ConfigError
+from collapse.paradigms import KINDS, SELECTING
+
+_CHANNELS = {"grey": 1, "rgb": 3}
+
+
+@functools.lru_cache(maxsize=None)
+def _registries() -> tuple[dict, tuple]:
+    """({UNet preset: (sample_size, channels)}, feature extractor names); imported on first use (torch)."""
+    from collapse.diffusion.models import UNET_PRESETS
+    from collapse.features import EXTRACTORS
+    return {k: (p.sample_size, p.channels) for k, p in UNET_PRESETS.items()}, tuple(sorted(EXTRACTORS))
+
+
+def _need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(key: str, value, allowed) -> None:
+    _need(value in allowed, key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}")
+
+
+def _in_range(key: str, value, interval: str) -> None:
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    ok = (lo < value if interval[0] == "(" else lo <= value) and (value < hi if interval[-1] == ")" else value <= hi)
+    _need(ok, key, f"{value!r} is out of range; allowed: {interval}")
+
+
+def _type_name(hint) -> str:
+    names = {int: "an int", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    return " or ".join(names.get(h, getattr(h, "__name__", str(h))) for h in _members(hint))
+
+
+def _is(value, hint) -> bool:
+    for h in _members(hint):
+        if typing.get_origin(h) is tuple:
+            ok = isinstance(value, tuple) and all(_is(v, typing.get_args(h)[0]) for v in value)
+        elif h in (int, float):
+            ok = isinstance(value, (int, float) if h is float else int) and not isinstance(value, bool)
+        else:
+            ok = value is None if h is type(None) else isinstance(value, h)
+        if ok:
+            return True
+    return False
+
+
+def _check_section(obj, path: str) -> None:
+    """The type, then the allowed values (field metadata) of every field of one section."""
+    for f, hint in zip(dataclasses.fields(obj), _fields(type(obj)).values()):
+        key, value, allowed = f"{path}.{f.name}", getattr(obj, f.name), f.metadata.get("allowed")
+        _need(_is(value, hint), key, f"expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+        if isinstance(allowed, tuple):
+            _one_of(key, value, allowed)
+        elif allowed and value is not None:
+            _in_range(key, value, allowed)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Raise a ConfigError naming the first bad key, what it holds and the allowed values; else return cfg."""
+    _need(isinstance(cfg, RunConfig), "config", f"expected a RunConfig, got {type(cfg).__name__}")
+    for name in _fields(RunConfig):
+        if name != "strategies":
+            section = getattr(cfg, name)
+            _need(isinstance(section, _fields(RunConfig)[name]), name, f"expected a mapping, got {section!r}")
+            _check_section(section, name)
+    presets, extractors = _registries()
+    r, d, m, t, s, p, mt = cfg.run, cfg.data, cfg.model, cfg.train, cfg.sample, cfg.paradigm, cfg.metrics
+    _need(bool(NAME_RE.match(r.name)), "run.name", f"{r.name!r}: allowed: lower-case letters, digits, '_', '-'")
+    _need(_source_ok(d.source), "data.source", f"{d.source!r} is not a source; allowed: {', '.join(SOURCES)}")
+    _one_of("model.preset", m.preset, sorted(presets))
+    size, channels = presets[m.preset]
+    _need(d.size == size, "data.size", f"{d.size} does not fit model.preset {m.preset!r}; allowed: {size}")
+    _need(_CHANNELS[d.mode] == channels, "data.mode", f"{d.mode!r} does not fit model.preset {m.preset!r} "
+          f"({channels} channel(s)); allowed: {'grey' if channels == 1 else 'rgb'}")
+    _need(m.num_classes != 1, "model.num_classes", "1 is not allowed; allowed: 0 (unconditional) or >= 2")
+    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"{list(t.betas)}: allowed: "
+          "two numbers in [0, 1), e.g. [0.95, 0.999]")
+    _need(t.precision == "fp32" or cfg.resources.train_gpus > 0, "train.precision",
+          f"{t.precision!r} needs GPUs (resources.train_gpus > 0); allowed on CPU: 'fp32'")
+    _need(s.guidance_scale == 1.0 or m.num_classes >= 2, "sample.guidance_scale",
+          f"{s.guidance_scale} needs a class-conditional model (model.num_classes >= 2); allowed: 1.0")
+    if p.name == "fresh":
+        _need(1 <= round(p.fresh_fraction * d.n) <= d.n - 1, "paradigm.fresh_fraction", f"{p.fresh_fraction} "
+              f"gives {round(p.fresh_fraction * d.n)} fresh images of data.n={d.n}; allowed: 1 to N - 1 of them")
+    else:
+        _need(p.fresh_fraction == 0, "paradigm.fresh_fraction", f"{p.fresh_fraction}: only paradigm 'fresh' "
+              f"mixes fresh real images; allowed under {p.name!r}: 0")
+    _check_strategies(cfg.strategies, p.name, extractors)
+    _need(len(mt.features) >= 1 and len(set(mt.features)) == len(mt.features), "metrics.features",
+          f"{list(mt.features)}: allowed: a non-empty list of distinct names of {', '.join(extractors)}")
+    for f in mt.features:
+        _one_of("metrics.features", f, extractors)
+    _need(mt.gs_samples <= d.n, "metrics.gs_samples", f"{mt.gs_samples} is more than a pool holds "
+          f"(data.n={d.n}); allowed: 1 to {d.n}")
+    _need(d.holdout > max(1, mt.prdc_k), "data.holdout", f"{d.holdout} held-out images cannot give FD and "
+          f"PRDC with k={mt.prdc_k}; allowed: >= {max(1, mt.prdc_k) + 1}")
+    res = cfg.resources
+    _need(res.sampler_min_actors <= res.sampler_max_actors, "resources.sampler_max_actors",
+          f"{res.sampler_max_actors} < sampler_min_actors={res.sampler_min_actors}; allowed: >= the minimum")
+    _need(t.batch_size % res.train_workers == 0, "train.batch_size", f"{t.batch_size} does not divide by "
+          f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
+    return cfg
+
+
+def _source_ok(source: str) -> bool:
+    kind, sep, arg = source.partition(":")
+    url = re.match(r"^[a-z][a-z0-9+.-]*://.", source) is not None
+    return source in ("fashion-mnist", "digits") or url or (kind in ("folder", "npy", "wds") and bool(sep and arg))
+
+
+def _check_strategies(strategies: tuple, paradigm: str, extractors: tuple) -> None:
+    _need(isinstance(strategies, tuple) and len(strategies) >= 1, "strategies",
+          f"expected a non-empty list of strategies (kinds: {', '.join(KINDS)})")
+    seen = set()
+    for i, st in enumerate(strategies):
+        _need(isinstance(st, Strategy), f"strategies[{i}]", f"expected a Strategy, got {st!r}")
+        ok_name = isinstance(st.name, str) and bool(NAME_RE.match(st.name)) and st.name not in RESERVED_NAMES
+        _need(ok_name, f"strategies[{i}].name", f"{st.name!r}: allowed: lower-case letters, digits, '_' and '-', "
+              f"starting with a letter or digit, not {', '.join(RESERVED_NAMES)}")
+        key = f"strategies.{st.name}"
+        _need(st.name not in seen, f"{key}.name", "two strategies have this name; allowed: distinct names")
+        seen.add(st.name)
+        _check_section(st, key)
+        _check_strategy(st, key, paradigm, extractors)
+
+
+def _check_strategy(st: Strategy, key: str, paradigm: str, extractors: tuple) -> None:
+    if st.kind == "vanilla":
+        _need(st.pool_factor == 1, f"{key}.pool_factor", f"{st.pool_factor}: vanilla keeps its N samples; allowed: 1")
+    if st.kind == "vanilla-pool":
+        _need(st.pool_factor >= 2, f"{key}.pool_factor", f"{st.pool_factor}: vanilla-pool with 1 is vanilla; "
+              "allowed: >= 2")
+    if st.kind in SELECTING and paradigm in ("replace", "accumulate-grow"):
+        _need(st.pool_factor >= 2, f"{key}.pool_factor", f"1 under paradigm {paradigm!r} keeps the whole pool, "
+              f"so {st.kind} would equal vanilla; allowed: >= 2")
+    if st.kind in DISTANCE_KINDS:
+        _one_of(f"{key}.features", st.features, extractors)
+    else:
+        _need(st.features is None, f"{key}.features", f"{st.features!r}: kind {st.kind} uses no features; "
+              "allowed: null")
+    for name in ("tau0", "alpha"):
+        value = getattr(st, name)
+        if st.kind == "tdf":
+            _need(value is not None, f"{key}.{name}", f"kind tdf needs {name}; allowed: tau0 > 0 in feature units "
+                  "(the paper: 60 in dinov2 space, 2000 in pixel space at 32x32x3), alpha in (0, 1)")
+        else:
+            _need(value is None, f"{key}.{name}", f"{value!r}: only kind tdf takes {name}; allowed: null")
