@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import _parse_exports  # the same "export NAME=value" lines as local-s3.sh prints
+
 from cluster.runtime import LOCAL_RAY_ENV
 
 # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported, and every Ray of these tests is
@@ -86,13 +88,6 @@ def _local_head(command: str, state_dir: Path, timeout: float = 180) -> subproce
                           timeout=timeout, check=False, env={**os.environ, "COLLAPSE_RAY": RAY_CLI})
 
 
-def _parse_exports(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("export ") and "=" in line:
-            name, _, value = line[len("export "):].partition("=")
-            out[name.strip()] = value.strip()
-    return out
 
 
 @pytest.fixture(scope="session")

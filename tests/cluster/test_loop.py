@@ -54,6 +54,21 @@ def _metrics(root, opts):
     return rows
 
 
+def _assert_same_metrics(a, b):
+    """Equal rows; floats to 1e-9 relative (FD's matrix square root and KID's kernel sums go through
+    BLAS, whose summation order may follow the process's thread count: a driver in a job and one in
+    this test process need not round alike)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "spaces"} == {k: v for k, v in rb.items() if k != "spaces"}
+        for space, fa in ra["spaces"].items():
+            fb = rb["spaces"][space]
+            assert fa.keys() == fb.keys()
+            for k in fa:  # kid_std is a spread of KID-sized numbers: its rounding scales with KID
+                scale = abs(fa["kid"]) if k == "kid_std" else abs(fa[k])
+                assert abs(fa[k] - fb[k]) <= 1e-9 * scale + 1e-12, (ra["strategy"], ra["generation"], space, k)
+
+
 @pytest.fixture(scope="module")
 def finished_run(ray_head, ceph_s3):
     import s3fs
@@ -133,8 +148,7 @@ def test_killed_job_resubmitted_matches_the_uninterrupted_run(ray_head, ceph_s3,
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "skipping" in r.stdout or "already" in r.stdout
     assert _selections(root, opts) == _selections(root_a, opts)
-    a, b = _metrics(root_a, opts), _metrics(root, opts)
-    assert a == b
+    _assert_same_metrics(_metrics(root_a, opts), _metrics(root, opts))
 
 
 def test_one_and_two_sampler_actors_give_the_same_selections(ray_local, ceph_s3, finished_run):
@@ -147,4 +161,4 @@ def test_one_and_two_sampler_actors_give_the_same_selections(ray_local, ceph_s3,
                       AWS_SECRET_ACCESS_KEY=ceph_s3.secret)
     Loop(cfg, progress=lambda *_: None).run()
     assert _selections(root, opts) == _selections(root_a, opts)
-    assert _metrics(root, opts) == _metrics(root_a, opts)
+    _assert_same_metrics(_metrics(root_a, opts), _metrics(root, opts))
