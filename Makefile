@@ -21,10 +21,14 @@ setup: $(STAMP) system
 
 # torch first, from the pinned CPU build: deepspeed's unpinned torch would
 # otherwise resolve a CUDA build of several GB.
+# (This machine's pip configuration names local indexes that may be absent: their warnings are noise.)
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v '^WARNING: Location .* is ignored' || true; }; test $${PIPESTATUS[0]} -eq 0
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@echo "installing torch 2.13.0 (CPU) and the project into $(VENV)"
+	@$(PIP) torch==2.13.0 $(QUIET)
+	@$(PIP) -e '.[test]' $(QUIET)
 	@touch $(STAMP)
 
 # Debian packages the tests need (Ceph's S3 gateway, Fashion-MNIST); installs only what is missing.

@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from cluster.runtime import connect

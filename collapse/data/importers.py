@@ -27,7 +27,7 @@ from PIL import Image
 
 from collapse.data import storage
 from collapse.data.manifest import config_hash, try_read_manifest
-from collapse.data.samples import Sample, iter_tar_samples, write_sample_set
+from collapse.data.samples import Sample, write_sample_set
 from collapse.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -31,7 +31,7 @@ from PIL import Image
 from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.urls import shard_name
-from collapse.errors import DataError, NotFinishedError
+from collapse.errors import DataError
 
 KIND = "sample-set"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no dots: WebDataset splits the extension at the first dot

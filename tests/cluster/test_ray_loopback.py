@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
+import sys
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,9 +119,11 @@ def jobs(ray_head, tmp_path_factory):
     (wd / "probe.py").write_text(PROBE_JOB)
     (wd / "fail.py").write_text(FAILING_JOB)
     with ThreadPoolExecutor(2) as pool:
-        ok = pool.submit(ray_head.submit, "env DRIVER_ONLY=from-driver python probe.py", wd,
+        # the venv's python: a bare "python" on the head's PATH may be one without the project
+        py = shlex.quote(sys.executable)
+        ok = pool.submit(ray_head.submit, f"env DRIVER_ONLY=from-driver {py} probe.py", wd,
                          env={"COLLAPSE_PROBE": "from-runtime-env"})
-        failed = pool.submit(ray_head.submit, "python fail.py", wd)
+        failed = pool.submit(ray_head.submit, f"{py} fail.py", wd)
         return ok.result(), failed.result()
 
 
