@@ -97,6 +97,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(_CHANNELS[d.mode] == channels, "data.mode", f"{d.mode!r} does not fit model.preset {m.preset!r} "
           f"({channels} channel(s)); allowed: {'grey' if channels == 1 else 'rgb'}")
     _need(m.num_classes != 1, "model.num_classes", "1 is not allowed; allowed: 0 (unconditional) or >= 2")
+    # collapse.diffusion has class conditioning and guidance; the training stage does not pass labels yet
+    _need(m.num_classes == 0, "model.num_classes", f"{m.num_classes}: class-conditional runs are not wired "
+          "into the training stage yet; allowed: 0")
     _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"{list(t.betas)}: allowed: "
           "two numbers in [0, 1), e.g. [0.95, 0.999]")
     _need(t.precision == "fp32" or cfg.resources.train_gpus > 0, "train.precision",

@@ -213,3 +213,8 @@ def test_diff_and_extendable():
     assert diff(old, new) == ["run.generations: 4 -> 6", f"strategies.greedy: {greedy} -> (absent)",
                               "strategies.tdf.tau0: 600.0 -> 500.0"]
     assert not extendable(old, new)
+
+
+def test_class_conditional_runs_are_refused_until_the_training_stage_passes_labels():
+    with pytest.raises(ConfigError, match="model.num_classes: 10: class-conditional runs are not wired"):
+        load_config("tiny", ["model.num_classes=10"])
