@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from collapse.knn import resolve_device
+from collapse.registry import registrar
 
 
 class ExtractorUnavailable(RuntimeError):
@@ -38,13 +39,7 @@ class ExtractorUnavailable(RuntimeError):
 EXTRACTORS: dict[str, Callable] = {}
 
 
-def register(name: str):
-    def deco(factory):
-        if name in EXTRACTORS:
-            raise ValueError(f"feature extractor {name!r} is already registered")
-        EXTRACTORS[name] = factory
-        return factory
-    return deco
+register = registrar(EXTRACTORS, "feature extractor")
 
 
 def get_extractor(name: str, device=None, **options):

@@ -40,6 +40,8 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from collapse.registry import registrar
+
 KINDS = ("vanilla", "vanilla-pool", "random", "greedy", "tdf")
 SELECTING = ("random", "greedy", "tdf")
 HOW = ("all", "uniform", "select")   # keep every candidate | a seeded uniform draw | a selection strategy
@@ -138,13 +140,7 @@ def uniform_draw(n_candidates: int, choose: int, seed: int) -> np.ndarray:
 PARADIGMS: dict[str, Callable] = {}
 
 
-def register(name: str):
-    def deco(fn):
-        if name in PARADIGMS:
-            raise ValueError(f"paradigm {name!r} is already registered")
-        PARADIGMS[name] = fn
-        return fn
-    return deco
+register = registrar(PARADIGMS, "paradigm")
 
 
 @register("replace")

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from collapse.knn import as_rows, centred, check_int, pair_distance, resolve_device
+from collapse.registry import registrar
 
 _EPS64 = float(np.finfo(np.float64).eps)
 _TDF_BLOCK = 4096
@@ -78,14 +79,8 @@ class Selection:
 STRATEGIES: dict[str, Callable] = {}
 
 
-def register(name: str):
-    """Add a strategy ``fn(x, n, rng, *, device, chunk, **params) -> (indices, nearest, pass, tau)``."""
-    def deco(fn):
-        if name in STRATEGIES:
-            raise ValueError(f"selection strategy {name!r} is already registered")
-        STRATEGIES[name] = fn
-        return fn
-    return deco
+# register(name): add a strategy ``fn(x, n, rng, *, device, chunk, **params) -> (indices, nearest, pass, tau)``
+register = registrar(STRATEGIES, "selection strategy")
 
 
 def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk: int = 16384,
