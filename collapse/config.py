@@ -340,8 +340,22 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | tuple 
     cfg = _build(RunConfig, data, "")
     if not cfg.run.run_dir and isinstance(cfg.run.name, str):
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=f"runs/{cfg.run.name}"))
+    cfg = absolute_paths(cfg)
     validate(cfg)
     return cfg
+
+
+def absolute_paths(cfg: RunConfig, cwd: str | None = None) -> RunConfig:
+    """``run.run_dir`` and ``data.source`` with relative or ``~`` local paths made absolute (against
+    ``cwd``, default this process's), so that no worker, whatever its working directory, reads
+    another place. Done once, as the entry point loads the config; remote URLs are unchanged."""
+    from collapse.data.urls import absolute_source, absolute_url
+    run, data = cfg.run, cfg.data
+    if isinstance(run, RunSection) and isinstance(run.run_dir, str):
+        run = dataclasses.replace(run, run_dir=absolute_url(run.run_dir, cwd))
+    if isinstance(data, DataSection) and isinstance(data.source, str):
+        data = dataclasses.replace(data, source=absolute_source(data.source, cwd))
+    return dataclasses.replace(cfg, run=run, data=data)
 
 
 # -- output, hash, diff

@@ -19,6 +19,8 @@ import typing
 from collapse.config import (
     DISTANCE_KINDS, NAME_RE, RESERVED_NAMES, SOURCES, RunConfig, Strategy, _fields, _members,
 )
+from collapse import paradigms as pd
+from collapse.data.storage import SUPPORTED_SCHEMES, scheme_of
 from collapse.errors import ConfigError
 from collapse.paradigms import KINDS, SELECTING
 
@@ -90,6 +92,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     presets, extractors = _registries()
     r, d, m, t, s, p, mt = cfg.run, cfg.data, cfg.model, cfg.train, cfg.sample, cfg.paradigm, cfg.metrics
     _need(bool(NAME_RE.match(r.name)), "run.name", f"{r.name!r}: allowed: lower-case letters, digits, '_', '-'")
+    _need(isinstance(r.run_dir, str) and scheme_of(r.run_dir) in SUPPORTED_SCHEMES, "run.run_dir",
+          f"{r.run_dir!r} has an unsupported URL scheme; allowed: a local path or "
+          f"{', '.join(s + '://' for s in SUPPORTED_SCHEMES)}")
     _need(_source_ok(d.source), "data.source", f"{d.source!r} is not a source; allowed: {', '.join(SOURCES)}")
     _one_of("model.preset", m.preset, sorted(presets))
     size, channels = presets[m.preset]
@@ -126,7 +131,25 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"{res.sampler_max_actors} < sampler_min_actors={res.sampler_min_actors}; allowed: >= the minimum")
     _need(t.batch_size % res.train_workers == 0, "train.batch_size", f"{t.batch_size} does not divide by "
           f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
+    _check_source_size(d.source, pd.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
     return cfg
+
+
+def _check_source_size(source: str, real_n: int, holdout: int) -> None:
+    """data.n (all real training images the paradigm needs) and data.holdout against a source whose
+    size is known without reading it (collapse.data.importers.KNOWN_SIZES)."""
+    from collapse.data.importers import KNOWN_SIZES
+    if source not in KNOWN_SIZES:
+        return
+    train, test = KNOWN_SIZES[source]
+    if test is not None:   # the held-out images come from the source's own test split
+        _need(real_n <= train, "data.n", f"{real_n} real training images are needed but {source!r} has "
+              f"{train}; allowed: at most {train}")
+        _need(holdout <= test, "data.holdout", f"{holdout} is more than the {test} test images of {source!r}; "
+              f"allowed: at most {test}")
+    else:                  # the held-out images are split off the same images
+        _need(real_n + holdout <= train, "data.n", f"{real_n} training + {holdout} held-out images are more "
+              f"than the {train} images of {source!r}; allowed: data.n + data.holdout <= {train}")
 
 
 def _source_ok(source: str) -> bool:

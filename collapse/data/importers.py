@@ -31,6 +31,11 @@ from collapse.data.samples import Sample, write_sample_set
 from collapse.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: Sources whose size is known without reading them: name -> (training images, test-split images
+#: or None when the held-out images are split off the training images). Lets --dry-run refuse N too large.
+KNOWN_SIZES = {"fashion-mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "fmnist": (60000, 10000),
+               "digits": (1797, None)}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

@@ -18,12 +18,58 @@ Features live inside the set they describe (``<set>/features/<extractor>.npy``),
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
-from collapse.data.storage import join
+from collapse.data.storage import join, scheme_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def absolute_url(url: str, cwd: str | None = None) -> str:
+    """``url`` with a relative or ``~`` local path made absolute against ``cwd`` (default: this process's).
+
+    Entry points call this once, before a URL reaches any other process: Ray Train workers and
+    actors run in other working directories, where a relative path names something else. A bare
+    path stays a bare (absolute) path, ``file://`` and ``local://`` keep their scheme; every other
+    scheme (``s3://``, ``gs://``, ``memory://``, ...) is returned unchanged.
+    """
+    if not isinstance(url, str) or not url:
+        return url
+    scheme = scheme_of(url)
+    if scheme not in ("file", "local"):
+        return url
+    prefix, path = (url.split("://", 1)[0] + "://", url.split("://", 1)[1]) if "://" in url else ("", url)
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path):
+        path = os.path.join(cwd or os.getcwd(), path)
+    return prefix + os.path.normpath(path)
+
+
+def absolute_source(spec: str, cwd: str | None = None) -> str:
+    """A source spec (``collapse.data.importers``) with its local path made absolute.
+
+    ``folder:PATH``, ``npy:PATH`` and ``wds:PATH`` get an absolute PATH. A bare path that exists
+    and whose kind is unambiguous gets its prefix: a ``.npy``/``.npz`` file is ``npy:``, a directory
+    is ``folder:``, unless it holds a ``manifest.json`` (a sample set: left as an absolute path).
+    Named sources (``fashion-mnist``, ``digits``) and remote URLs are returned unchanged.
+    """
+    if not isinstance(spec, str) or not spec:
+        return spec
+    kind, sep, arg = spec.partition(":")
+    if sep and kind in ("folder", "npy", "wds") and arg and "://" not in arg:
+        return f"{kind}:{absolute_url(arg, cwd)}"
+    if spec in ("fashion-mnist", "fashion_mnist", "fmnist", "digits"):
+        return spec
+    if "://" in spec:
+        return absolute_url(spec, cwd)
+    path = absolute_url(spec, cwd)
+    if os.path.isfile(path) and path.lower().endswith((".npy", ".npz")):
+        return f"npy:{path}"
+    if os.path.isdir(path):
+        return path if os.path.exists(os.path.join(path, "manifest.json")) else f"folder:{path}"
+    return spec
 
 
 def gen_dir(generation: int) -> str:

@@ -2,6 +2,7 @@
 import ast
 import dataclasses
 import json
+import os
 import pathlib
 
 import pytest
@@ -31,7 +32,7 @@ def test_the_presets_named_in_the_issue_exist():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_loads_validates_and_round_trips(name, tmp_path):
     cfg = load_config(name)
-    assert validate(cfg) is cfg and cfg.run.name == name and cfg.run.run_dir == f"runs/{name}"
+    assert validate(cfg) is cfg and cfg.run.name == name and cfg.run.run_dir == os.path.abspath(f"runs/{name}")
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(cfg))
     assert config_hash(cfg) in saved.read_text().splitlines()[0]

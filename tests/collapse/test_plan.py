@@ -36,7 +36,7 @@ def test_every_preset_plans_in_dependency_order(name):
 
 def test_generation_one_is_shared_and_strategies_read_their_prefix_of_its_pool():
     cfg = load_config("demo")
-    p, L = plan(cfg), RunLayout("runs/demo")
+    p, L = plan(cfg), RunLayout(cfg.run.run_dir)
     gen1 = [s for s in p if s.generation == 1 and s.name != "select"]
     assert {s.strategy for s in gen1} == {SHARED}
     assert [s.name for s in gen1] == ["train-set", "train", "sample", "featurize", "score"]
