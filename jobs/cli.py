@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from collapse.errors import CollapseError
@@ -12,8 +13,22 @@ def _storage_options(args) -> dict | None:
     return {"endpoint_url": args.endpoint_url} if getattr(args, "endpoint_url", None) else None
 
 
+def _absolute(args, *names: str) -> None:
+    """Make the local paths among ``args.<names>`` absolute, once, here: workers run elsewhere."""
+    from collapse.data.urls import absolute_url
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [absolute_url(v) for v in value])
+        elif value is not None:
+            setattr(args, name, absolute_url(value))
+
+
 def cmd_ingest(args) -> int:
     from collapse.data.importers import ingest
+    from collapse.data.urls import absolute_source
+    _absolute(args, "out")
+    args.source = absolute_source(args.source)
     ingest(args.source, args.out, size=args.size, mode=args.mode, n=args.n, holdout=args.holdout, seed=args.seed,
            shard_size=args.shard_size, overwrite=args.overwrite, storage_options=_storage_options(args))
     return 0
@@ -26,26 +41,37 @@ def cmd_run(args) -> int:
 
 def cmd_score(args) -> int:
     from jobs import curate
+    _absolute(args, "set", "reference", "out")
     return curate.score(args, _storage_options(args))
 
 
 def cmd_select(args) -> int:
     from jobs import curate
+    _absolute(args, "pool", "out")
     return curate.select(args, _storage_options(args))
 
 
 def cmd_report(args) -> int:
     from jobs import report
+    _absolute(args, "run_dirs", "out")
     return report.main(args, _storage_options(args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit 2) like every other failure of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="collapse", description="Model collapse in the self-consuming loop of "
+    p = _Parser(prog="collapse", description="Model collapse in the self-consuming loop of "
                                 "diffusion models: measure it, and prevent it with entropy-based selection.")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ing = sub.add_parser("ingest", help="import a real image source as sample sets <out>/train and <out>/holdout")
-    ing.add_argument("source", help="fashion-mnist | digits | folder:PATH | npy:PATH | wds:URL")
+    ing.add_argument("source", help="fashion-mnist | digits | folder:PATH | npy:PATH | wds:URL; a path to an "
+                     "existing directory or .npy/.npz file needs no prefix")
     ing.add_argument("--out", required=True, help="output URL (local path, file://, s3://, memory://, gs://)")
     ing.add_argument("--size", type=int, help="resize every image to SIZE x SIZE")
     ing.add_argument("--mode", choices=("grey", "rgb"), help="convert every image to grey or RGB")
@@ -84,11 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CollapseError as e:
-        print(f"collapse {args.command}: error: {e}", file=sys.stderr)
+        print(f"collapse {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"collapse {args.command}: interrupted; nothing unfinished is visible as finished", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - never a traceback; COLLAPSE_DEBUG=1 shows it
+        if os.environ.get("COLLAPSE_DEBUG"):
+            raise
+        where = _origin(e)
+        print(f"collapse {args.command}: error: {type(e).__name__}: {_one_line(e)}{where} "
+              "(an unexpected failure: rerun with COLLAPSE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (a multi-line message, such as a config diff, joined by '; ')."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines).replace(":; ", ": ") if lines else type(e).__name__
+
+
+def _origin(e: BaseException) -> str:
+    """`` at file:line`` of the innermost frame of the traceback that is ours (collapse, cluster, jobs)."""
+    tb, found = e.__traceback__, ""
+    while tb is not None:
+        path = tb.tb_frame.f_code.co_filename
+        if any(f"/{pkg}/" in path for pkg in ("collapse", "cluster", "jobs")) and "site-packages" not in path:
+            found = f" at {'/'.join(path.rsplit('/', 2)[-2:])}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
 
 
 if __name__ == "__main__":

@@ -76,9 +76,20 @@ def select(args, storage_options=None) -> int:
     from collapse.data import storage
     from collapse.data.samples import SampleSet, write_subset
     from collapse.selection import select as choose
+    from collapse.errors import ConfigError, DataError
+    if args.strategy == "tdf" and args.tau0 is None:
+        raise ConfigError("--strategy tdf needs --tau0, the initial radius in feature units (the paper: 60 in "
+                          "dinov2 space, 2000 in pixel space at 32x32x3; scale by sqrt(d / 3072) for other pixel sizes)")
+    if args.strategy != "tdf" and (args.tau0 is not None or args.alpha is not None):
+        raise ConfigError(f"--tau0 and --alpha are parameters of --strategy tdf, not of {args.strategy}")
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha {args.alpha}: expected a decay in (0, 1), e.g. 0.95")
+    if args.tau0 is not None and not args.tau0 > 0:
+        raise ConfigError(f"--tau0 {args.tau0}: expected a radius > 0 in feature units")
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: expected at least 1 image to keep")
     pool = SampleSet(args.pool, storage_options)
     if args.n > pool.count:
-        from collapse.errors import DataError
         raise DataError(f"--n {args.n} is larger than the {pool.count} images of {args.pool}")
     params = {k: v for k, v in (("tau0", args.tau0), ("alpha", args.alpha)) if v is not None}
     sel = choose(set_features(pool, args.features), args.n, args.strategy, seed=args.seed, **params)

@@ -80,6 +80,9 @@ def read_run(root: str, storage_options: dict | None = None, label: str | None =
     run.generations = [g for owner in [SHARED, *run.strategies] for g in _generations(run, owner)]
     run.rows = _metric_rows(run)
     run.stages = read_stage_times(root, so, run.strategies)
+    if run.config is None and not run.generations and not run.rows and not run.stages:
+        raise DataError(f"{root!r} holds no run: no config.yaml, no stage records, no generations; expected a "
+                        "run directory written by collapse run (its --run-dir)")
     return run
 
 

@@ -1,0 +1,131 @@
+"""The `collapse` command as a user types it: local paths made absolute once, one-line errors, --dry-run checks."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from collapse.config import load_config
+from collapse.data.samples import open_sample_set
+from collapse.data.urls import absolute_source, absolute_url
+from jobs.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_cli(capsys, *argv) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(code, err, *names):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+# -- paths
+
+def test_local_paths_become_absolute_and_remote_urls_stay(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cwd = str(tmp_path / "here")
+    assert absolute_url("runs/demo", cwd) == f"{cwd}/runs/demo"
+    assert absolute_url("./a/../b", cwd) == f"{cwd}/b"
+    assert absolute_url("~/runs/x", cwd) == f"{tmp_path}/runs/x"
+    assert absolute_url("file://runs/x", cwd) == f"file://{cwd}/runs/x"
+    assert absolute_url("/abs/x", cwd) == "/abs/x"
+    for url in ("s3://bucket/runs/x", "memory://x", "gs://b/x"):
+        assert absolute_url(url, cwd) == url
+    assert absolute_source("folder:imgs", cwd) == f"folder:{cwd}/imgs"
+    assert absolute_source("wds:shards/{000..009}.tar", cwd) == f"wds:{cwd}/shards/{{000..009}}.tar"
+    for spec in ("fashion-mnist", "digits", "wds:s3://b/x-{0..3}.tar"):
+        assert absolute_source(spec, cwd) == spec
+
+
+def test_a_loaded_config_holds_an_absolute_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("tiny").run.run_dir == f"{tmp_path}/runs/tiny"
+    assert load_config("tiny", ["run.run_dir=rel/x"]).run.run_dir == f"{tmp_path}/rel/x"
+    assert load_config("tiny", ["run.run_dir=s3://b/x"]).run.run_dir == "s3://b/x"
+
+
+def test_ingest_takes_a_bare_npz_file_or_folder(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(12, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", images=images, labels=np.arange(12) % 3)
+    (tmp_path / "pics").mkdir()
+    for i in range(6):
+        Image.fromarray(images[i]).save(tmp_path / "pics" / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run_cli(capsys, "ingest", "data.npz", "--out", "from-npz", "--holdout", "2")
+    assert code == 0, err
+    train = open_sample_set(str(tmp_path / "from-npz" / "train"))
+    assert train.count == 10 and train.shape == (8, 8)
+    code, _, err = _run_cli(capsys, "ingest", "pics", "--out", "from-folder")
+    assert code == 0, err
+    assert open_sample_set(str(tmp_path / "from-folder" / "train")).count == 6
+    code, _, err = _run_cli(capsys, "ingest", "no-such-thing", "--out", "x")
+    _one_line_error(code, err, "no-such-thing")
+
+
+# -- every failure is one line, exit 2
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("set")
+    from collapse.data.importers import ingest
+    ingest("digits", str(out), n=80, holdout=20, progress=lambda *_: None)
+    return str(out / "train")
+
+
+def test_select_tdf_without_tau0_is_one_line(small_set, tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "select", small_set, "--n", "50", "--strategy", "tdf", "--out", str(tmp_path / "x"))
+    _one_line_error(code, err, "--tau0", "tdf")
+    assert not (tmp_path / "x").exists()
+    code, _, err = _run_cli(capsys, "select", small_set, "--n", "500", "--strategy", "greedy", "--out", str(tmp_path / "y"))
+    _one_line_error(code, err, "--n 500", "80")
+
+
+def test_report_of_a_directory_without_a_run_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run_cli(capsys, "report", str(tmp_path / "empty"))
+    _one_line_error(code, err, "holds no run", str(tmp_path / "empty"))
+    assert not (tmp_path / "empty" / "report").exists()
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--run-dir", "foo://x"], ["run.run_dir", "foo://x", "s3://"]),
+    (["--set", "data.n=100000"], ["data.n", "100000", "60000"]),
+    (["--set", "data.holdout=20000"], ["data.holdout", "20000", "10000"]),
+    (["--set", "data.source=digits", "--set", "data.n=1700", "--set", "data.holdout=200"], ["data.n", "1797"]),
+    (["--set", "train.nope=1"], ["train.nope"]),
+])
+def test_dry_run_refuses_what_it_can_know(args, names, capsys):
+    code, out, err = _run_cli(capsys, "run", "--config", "tiny", "--dry-run", *args)
+    _one_line_error(code, err, *names)
+    assert out == ""
+
+
+def test_usage_errors_and_unexpected_failures_are_one_line(tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "select", "x", "--n", "3")
+    _one_line_error(code, err, "--strategy")
+    code, _, err = _run_cli(capsys, "score", str(tmp_path / "nothing-here"))
+    _one_line_error(code, err, str(tmp_path / "nothing-here"))
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--dry-run",
+                        "--run-dir", "foo://x"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--dry-run",
+                        "--run-dir", "rel/run"], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert f"run_dir: {tmp_path}/rel/run" in r.stdout
