@@ -40,6 +40,33 @@ def test_frechet_distance_one_dimension_closed_form():
     assert frechet_distance(a, b) == pytest.approx((a.mean() - b.mean()) ** 2 + (sa - sb) ** 2, rel=1e-10)
 
 
+def test_frechet_distance_of_singular_covariances_is_exact():
+    """N < d (64 images of 256 pixels in the tiny run): both covariances are singular. Sets on one
+    line of R^256 have the 1-D closed form; a matrix square root would be off by ~1e-8 relative
+    (sqrt of rounding-sized eigenvalues), the nuclear norm of R_a R_b^T by ~1e-13."""
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=256)
+    u /= np.linalg.norm(u)
+    ta, tb = 100.0 * rng.normal(size=40) + 20.0, 60.0 * rng.normal(size=30) - 5.0
+    a, b = ta[:, None] * u + 128.0, tb[:, None] * u + 128.0   # pixel-like: far from 0
+    closed = (ta.mean() - tb.mean()) ** 2 + (ta.std(ddof=1) - tb.std(ddof=1)) ** 2
+    assert frechet_distance(a, b) == pytest.approx(closed, rel=1e-11)
+
+
+def test_frechet_distance_does_not_follow_the_blas_thread_count():
+    """The figure the loop tests compare across processes: rank-deficient pixel-scale sets, FD with
+    one BLAS thread and with two equal to the conditioning bound (module docstring of quality)."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 256, size=(64, 256)).astype(np.float64), rng.integers(0, 256, size=(64, 256)) * 0.9
+    with threadpool_limits(1):
+        one = frechet_distance(a, b)
+    with threadpool_limits(2):
+        two = frechet_distance(a, b)
+    bound = 64 * 256 * np.finfo(float).eps * (np.cov(a, rowvar=False).trace() + np.cov(b, rowvar=False).trace())
+    assert abs(one - two) <= bound
+
+
 def mmd2_unbiased(x, y):
     k = lambda u, v: (u @ v.T / u.shape[1] + 1) ** 3
     m = x.shape[0]
