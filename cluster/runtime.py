@@ -6,7 +6,15 @@ conflict). Facts behind each knob: shared/design/PLATFORM.md.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
+import random
+import re
+import socket
+import subprocess
+import sys
+import uuid
 
 # Variables every worker process gets.
 WORKER_ENV = {
@@ -36,15 +44,78 @@ def connect(address: str | None = None, num_cpus: int | None = None, extra_env: 
     env = dict(WORKER_ENV, **(extra_env or {}))
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        if re.fullmatch(r"[\w.-]+:\d+", address):  # a GCS host:port: tell the workers too (see below)
+            env.setdefault("RAY_ADDRESS", address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
     else:
         for k, v in LOCAL_RAY_ENV.items():
             os.environ.setdefault(k, v)
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
-                 configure_logging=True, logging_level="WARNING")
+        # Ray code inside workers that looks its cluster up without an address (Ray Train's
+        # PlacementGroupCleaner, through the state API) fails with "Found multiple active Ray
+        # instances" when another Ray runs on the machine. So the local GCS gets a port chosen here
+        # and every worker gets RAY_ADDRESS naming it.
+        port = int(os.environ.get("RAY_GCS_SERVER_PORT") or _free_port())
+        env.setdefault("RAY_ADDRESS", f"127.0.0.1:{port}")
+        with _reaped_local_ray(), _environ(RAY_GCS_SERVER_PORT=str(port)):
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
+                     configure_logging=True, logging_level="WARNING")
     quiet_data()
     return ray
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768+), where the client
+    connections made while Ray starts cannot take it before the GCS binds it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1 for a local Ray")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """``os.environ`` holds ``values`` inside the block only."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_REAPER: dict = {}  # the write end of the reaper's pipe, held open for the driver's lifetime
+
+
+@contextlib.contextmanager
+def _reaped_local_ray():
+    """Start the reaper (cluster/reaper.py) of the local Ray that the body starts.
+
+    The processes the body starts (GCS, raylet, and through the raylet the agents and workers)
+    inherit ``COLLAPSE_LOCAL_RAY=<token>`` from this process's environment, set only while the body
+    runs, so that later children of this process are not marked. The token is this driver's (a
+    caller may choose it by setting the variable, as a test does to find the processes).
+    """
+    from cluster.reaper import MARKER
+    token = os.environ.get(MARKER) or f"{os.getpid()}-{uuid.uuid4().hex}"
+    read_end, write_end = os.pipe()  # not inheritable: only the reaper gets the read end
+    subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("reaper.py")), str(read_end), token],
+                     pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL)
+    os.close(read_end)
+    _REAPER["pipe"] = write_end
+    with _environ(**{MARKER: token}):
+        yield token
 
 
 def quiet_data() -> None:

@@ -97,6 +97,7 @@ def train_loop_per_worker(config: dict) -> None:
     from collapse.seeding import stage_seed, torch_generator
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (PLATFORM.md)
+    _quiet_reports()
     spec = TrainSpec(**config["spec"])
     so, model_url = config.get("storage_options"), config["model_url"]
     ctx = ray.train.get_context()
@@ -181,6 +182,17 @@ def train_loop_per_worker(config: dict) -> None:
                                                               if t_warm and t_end and step > warm_at else None},
                                      storage_options=so)
     dist.barrier()
+
+
+def _quiet_reports() -> None:
+    """Ray Train 2.60 logs "Reporting training result N: ..." at INFO for every ``report`` of every
+    worker, on a logger named after its file's *path* (``logging.getLogger(__file__)``), so that
+    ``LoggingConfig(log_level=...)``, which sets the ``ray.train`` loggers, does not reach it. Our
+    stage prints the loss curve itself."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _save_checkpoint(engine, step, client_state, model_url, work, rank, so, spec_hash) -> None:

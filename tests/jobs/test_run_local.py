@@ -1,0 +1,129 @@
+"""`collapse run` as a user starts it: a subprocess with a relative --run-dir, its own local Ray, killed or not.
+
+Ray Train workers and actors run in other working directories than the driver, so a relative path
+that reached them would name another place (the newcomer's `make demo` failed so). The driver's
+local Ray must also go with the driver, even when it is killed with SIGKILL.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cluster.reaper import MARKER, marked_pids
+from collapse.data import manifest as mf
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _collapse_run(run_dir: str, cwd, *extra, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", run_dir, *extra],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def _assert_clean(r: subprocess.CompletedProcess) -> None:
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "Traceback" not in out and "Reporting training result" not in out, out[-4000:]
+
+
+def _stage_records(run_dir: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(run_dir / "stages")) for p in (run_dir / "stages").rglob(mf.MANIFEST_NAME))
+
+
+def test_relative_run_dir_from_the_repository_root():
+    rel = f"runs/test-relative-{uuid.uuid4().hex[:8]}"
+    try:
+        r = _collapse_run(rel, ROOT)
+        _assert_clean(r)
+        run_dir = ROOT / rel
+        records = _stage_records(run_dir)
+        assert len(records) == 17 and "shared/gen-001/train" in records and "greedy/gen-002/score" in records
+        assert (run_dir / "greedy" / "gen-002" / "metrics.json").is_file()
+        assert (run_dir / "report" / "index.html").is_file()
+        assert f"run {run_dir} finished" in r.stdout
+    finally:
+        shutil.rmtree(ROOT / rel, ignore_errors=True)
+
+
+def test_relative_run_dir_from_another_directory(tmp_path):
+    r = _collapse_run("my-run", tmp_path, "--set", "run.generations=1")
+    _assert_clean(r)
+    records = _stage_records(tmp_path / "my-run")
+    assert "shared/gen-001/train" in records and "shared/gen-001/score" in records
+    assert not (ROOT / "my-run").exists()
+
+
+def _descendants(pid: int) -> set[tuple[int, str]]:
+    """(pid, start time) of every live descendant of ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add((c, _start_time(c)))
+            todo.append(c)
+    return out
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return ""
+
+
+def _alive(procs: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """The ones still running (same PID and start time, not a zombie)."""
+    left = set()
+    for pid, started in procs:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and _start_time(pid) == started:
+            left.add((pid, started))
+    return left
+
+
+def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
+    token = f"test-{uuid.uuid4().hex}"
+    run_dir = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(run_dir)],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), MARKER: token})
+    try:
+        record = run_dir / "stages" / "shared" / "gen-001" / "train" / mf.MANIFEST_NAME
+        deadline = time.time() + 300
+        while not record.exists():  # Ray is up, with its agents, and Train has run: kill it mid-run
+            assert driver.poll() is None and time.time() < deadline, "the run ended or stalled before training"
+            time.sleep(0.5)
+        time.sleep(2.0)  # into the sampling stage: actors alive
+        ray_procs = _descendants(driver.pid) | {(p, _start_time(p)) for p in marked_pids(token)}
+        assert len(marked_pids(token)) >= 3, "the driver's Ray processes should carry the marker"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.time() + 60
+        while (_alive(ray_procs) or marked_pids(token)) and time.time() < deadline:
+            time.sleep(0.5)
+        left = _alive(ray_procs) | {(p, _start_time(p)) for p in marked_pids(token)}
+        names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80].replace(b"\0", b" ").strip()
+                 for pid, _ in left if Path(f"/proc/{pid}").exists()}
+        assert not left, f"left running after the driver's SIGKILL: {names}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in marked_pids(token):  # only ours, by the marker this test chose
+            os.kill(pid, signal.SIGKILL)
