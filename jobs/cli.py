@@ -125,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line (a multi-line message, such as a config diff, joined by '; ')."""
+    """The message of ``e`` on one line: a multi-line message (a config diff) joined by '; '; one
+    that carries a remote traceback (a Ray task's or a Train worker's error) reduced to its last
+    line, the error that the remote process raised."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
+        return f"{lines[0]} ... {lines[-1]}" if len(lines[0]) < 200 and lines[0] != lines[-1] else lines[-1]
     return "; ".join(lines).replace(":; ", ": ") if lines else type(e).__name__
 
 

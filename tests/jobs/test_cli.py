@@ -122,6 +122,14 @@ def test_usage_errors_and_unexpected_failures_are_one_line(tmp_path, capsys):
     _one_line_error(code, err, str(tmp_path / "nothing-here"))
 
 
+def test_an_error_carrying_a_remote_traceback_prints_its_last_line():
+    from jobs.cli import _one_line
+    remote = RuntimeError("Training failed.\nTraceback (most recent call last):\n  File \"x.py\", line 3, in f\n"
+                          "    g()\ncollapse.errors.NotFinishedError: 'runs/demo/x' is not finished\n")
+    assert _one_line(remote) == "Training failed. ... collapse.errors.NotFinishedError: 'runs/demo/x' is not finished"
+    assert _one_line(ValueError("a:\n  b: 1 -> 2\n  c: 3 -> 4")) == "a: b: 1 -> 2; c: 3 -> 4"
+
+
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--dry-run",
                         "--run-dir", "foo://x"], capture_output=True, text=True, cwd=tmp_path)
