@@ -54,7 +54,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, extra_env: 
         # PlacementGroupCleaner, through the state API) fails with "Found multiple active Ray
         # instances" when another Ray runs on the machine. So the local GCS gets a port chosen here
         # and every worker gets RAY_ADDRESS naming it.
-        port = int(os.environ.get("RAY_GCS_SERVER_PORT") or _free_port())
+        port = int(os.environ.get("RAY_GCS_SERVER_PORT") or free_port())
         env.setdefault("RAY_ADDRESS", f"127.0.0.1:{port}")
         with _reaped_local_ray(), _environ(RAY_GCS_SERVER_PORT=str(port)):
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -64,7 +64,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, extra_env: 
     return ray
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A free TCP port on 127.0.0.1 below the kernel's ephemeral range (32768+), where the client
     connections made while Ray starts cannot take it before the GCS binds it."""
     rng = random.Random()
@@ -76,7 +76,7 @@ def _free_port() -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1 for a local Ray")
+    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1")
 
 
 @contextlib.contextmanager

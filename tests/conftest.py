@@ -12,9 +12,7 @@ Fixtures:
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import uuid
 import warnings
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.runtime import free_port as _free_port  # below the ephemeral range, on 127.0.0.1
 from tests.s3_endpoint import CEPH_BINARIES, LOCAL_S3, S3Endpoint
 
 
@@ -31,21 +30,6 @@ def _aws_test_environment():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
         yield
-
-
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+), where client connections
-    made while the store starts cannot take it before the gateway binds it."""
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 32000 on 127.0.0.1")
 
 
 def _parse_exports(text: str) -> dict[str, str]:
