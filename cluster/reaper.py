@@ -79,7 +79,7 @@ def descendants(root: int) -> dict[int, str]:
     return out
 
 
-def _alive(known: dict[int, str]) -> list[int]:
+def alive(known: dict[int, str]) -> list[int]:
     """The PIDs of ``known`` still running as the same process (same start time, not a zombie)."""
     out = []
     for pid, started in known.items():
@@ -93,7 +93,7 @@ def reap(known: dict[int, str], token: str, grace_s: float = 5.0, exclude: tuple
     """SIGTERM the live ones of ``known`` and the marked processes, SIGKILL what is left after
     ``grace_s``; returns the PIDs signalled."""
     def targets() -> list[int]:
-        return sorted(set(_alive(known)) | set(marked_pids(token)) - set(exclude))
+        return sorted(set(alive(known)) | set(marked_pids(token)) - set(exclude))
     hit = targets()
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
         for pid in targets():

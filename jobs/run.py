@@ -18,9 +18,8 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from collapse import config as cf
     from collapse.plan import format_plan, plan
-    from collapse.data.urls import absolute_url
-    # made absolute here, once: Ray Train workers and actors run in other working directories
-    overrides = list(args.overrides) + ([f"run.run_dir={absolute_url(args.run_dir)}"] if args.run_dir else [])
+    # load_config makes run.run_dir absolute (Ray Train workers and actors run in other directories)
+    overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = cf.load_config(args.config, overrides)
     if args.dry_run:
         print(cf.to_yaml(cfg))

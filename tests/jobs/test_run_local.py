@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.reaper import MARKER, marked_pids
+from cluster.reaper import MARKER, alive, descendants, marked_pids
 from collapse.data import manifest as mf
 
 pytestmark = pytest.mark.slow
@@ -64,41 +64,11 @@ def test_relative_run_dir_from_another_directory(tmp_path):
     assert not (ROOT / "my-run").exists()
 
 
-def _descendants(pid: int) -> set[tuple[int, str]]:
-    """(pid, start time) of every live descendant of ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add((c, _start_time(c)))
-            todo.append(c)
-    return out
-
-
 def _start_time(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except OSError:
         return ""
-
-
-def _alive(procs: set[tuple[int, str]]) -> set[tuple[int, str]]:
-    """The ones still running (same PID and start time, not a zombie)."""
-    left = set()
-    for pid, started in procs:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and _start_time(pid) == started:
-            left.add((pid, started))
-    return left
 
 
 def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
@@ -115,16 +85,16 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
             assert driver.poll() is None and time.time() < deadline, "the run ended or stalled before training"
             time.sleep(0.5)
         time.sleep(2.0)  # into the sampling stage: actors alive
-        ray_procs = _descendants(driver.pid) | {(p, _start_time(p)) for p in marked_pids(token)}
+        ray_procs = {**descendants(driver.pid), **{p: _start_time(p) for p in marked_pids(token)}}
         assert len(marked_pids(token)) >= 3, "the driver's Ray processes should carry the marker"
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
         deadline = time.time() + 60
-        while (_alive(ray_procs) or marked_pids(token)) and time.time() < deadline:
+        while (alive(ray_procs) or marked_pids(token)) and time.time() < deadline:
             time.sleep(0.5)
-        left = _alive(ray_procs) | {(p, _start_time(p)) for p in marked_pids(token)}
+        left = set(alive(ray_procs)) | set(marked_pids(token))
         names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80].replace(b"\0", b" ").strip()
-                 for pid, _ in left if Path(f"/proc/{pid}").exists()}
+                 for pid in left if Path(f"/proc/{pid}").exists()}
         assert not left, f"left running after the driver's SIGKILL: {names}; " \
                          f"{(tmp_path / 'driver.log').read_bytes()[-3000:].decode(errors='replace')}"
     finally:
