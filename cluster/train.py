@@ -41,6 +41,7 @@ class TrainSpec:
     zero_stage: int = 1
     precision: str = "fp32"          # fp32 | fp16 | bf16 (the last two on GPU only)
     ema_decay: float = 0.0           # 0 = no EMA
+    ema_warmup: bool = False         # the EMA's decay warms up (collapse.diffusion.ema)
     checkpoint_every: int = 0        # 0 = only at the end
     log_every: int = 10
     seed: int = 0
@@ -112,7 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, lr_sched = deepspeed.initialize(
         model=unet, optimizer=optimizer, config=deepspeed_config(spec, world, on_gpu),
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, spec.warmup_steps, spec.steps))
-    ema = diffusion.EMA(engine.module, spec.ema_decay) if spec.ema_decay > 0 else None
+    ema = diffusion.EMA(engine.module, spec.ema_decay, spec.ema_warmup) if spec.ema_decay > 0 else None
 
     # -- resume from the latest committed checkpoint, if any
     step, work = 0, tempfile.mkdtemp(prefix=f"collapse-train-r{rank}-")

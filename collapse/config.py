@@ -96,6 +96,7 @@ class TrainSection:                 # cluster.train.TrainSpec, less preset (mode
     zero_stage: int = _f(1, (0, 1, 2))
     precision: str = _f("fp32", ("fp32", "fp16", "bf16"))
     ema_decay: float = _f(0.0, "[0, 1)")
+    ema_warmup: bool = False        # d_t = min(ema_decay, (1 + t) / (10 + t)) (collapse.diffusion.ema)
     checkpoint_every: int = _f(0, NONNEG)
     log_every: int = _f(10, ANY)
     shuffle_buffer: int = _f(1000, ANY)
@@ -124,7 +125,7 @@ class Strategy:
     name: str
     kind: str = _f("", KINDS)       # "" = the name
     pool_factor: int | None = _f(None, ANY)   # k: sample k*N, keep N
-    features: str | None = None     # selection space (greedy, tdf): pixel | effnet-lite0 | dinov2
+    features: str | None = None     # selection space (greedy, tdf): pixel | classifier | effnet-lite0 | dinov2
     tau0: float | None = _f(None, POS)        # tdf only
     alpha: float | None = _f(None, "(0, 1)")  # tdf only
 
@@ -142,6 +143,10 @@ class MetricsSection:
     features: tuple[str, ...] = ("pixel",)   # spaces of entropy, GS, memorization, FD, KID, PRDC
     gs_samples: int = _f(1000, ANY)  # generated samples scored per generation: the first of each pool
     prdc_k: int = _f(5, ANY)
+    # the sample-quality classifier (collapse.classifier), trained once on this many labelled real
+    # training images (never held-out ones; fewer when the source has fewer); 0 = none
+    classifier_images: int = _f(5000, NONNEG)
+    classifier_epochs: int = _f(8, ANY)
 
 
 @dataclass(frozen=True)

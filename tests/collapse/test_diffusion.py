@@ -301,3 +301,31 @@ def test_ema_average_copy_and_state():
         EMA(m, decay=1.0)
     with pytest.raises(ValueError, match="differ"):
         ema.update(torch.nn.Conv2d(1, 1, 1, bias=False))
+
+
+def test_ema_warmup_decay_closed_form():
+    """d_t = min(decay, (1 + t) / (10 + t)): 0.1 at the first update, decay from t = 8991 on (0.999);
+    a constant parameter stays itself, a step change is tracked with the closed-form product."""
+    m = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(0.0)
+    ema = EMA(m, decay=0.999, warmup=True)
+    assert ema.current_decay() == pytest.approx(0.1)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    expected = 0.0
+    for t in range(50):
+        d = min(0.999, (1 + t) / (10 + t))
+        assert ema.current_decay() == pytest.approx(d)
+        expected = d * expected + (1 - d)
+        ema.update(m)
+    assert float(ema.shadow["weight"]) == pytest.approx(expected, rel=1e-6)
+    # prod_{t<50} d_t = (1*2*..*50) / (10*..*59): the untrained start weighs ~1e-9 after 50 steps
+    assert 1 - expected == pytest.approx(np.prod([(1 + t) / (10 + t) for t in range(50)]), rel=1e-5)
+    assert 1 - expected < 1e-8
+    ema.updates = 9000
+    assert ema.current_decay() == 0.999
+    restored = EMA(m, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert (restored.warmup, restored.updates, restored.current_decay()) == (True, 9000, 0.999)
+    assert EMA(m, decay=0.999).current_decay() == 0.999   # no warm-up: the plain average
