@@ -22,10 +22,12 @@ from cluster.featurize import featurize
 from cluster.sample import SampleSpec, sample_pool
 from cluster.train import TrainSpec, train_model
 from collapse import config as cf
+from collapse.classifier import (classifier_figures, load_classifier, read_classifier_record, recognizability,
+                                 save_classifier, train_classifier)
 from collapse import paradigms as pd
 from collapse.data import manifest as mf
 from collapse.data import storage
-from collapse.data.importers import ingest
+from collapse.data.importers import ingest, labelled_training_images
 from collapse.data.samples import SampleSet, write_subset
 from collapse.data.urls import RunLayout
 from collapse.errors import ConfigError
@@ -49,6 +51,7 @@ class Loop:
         todo = [s for s in self.plan if not self.done(s)]
         if not todo:
             self.say(f"run {self.L.root} is already complete ({len(self.plan)} stages); nothing to do")
+        eta, started = ETA(), time.perf_counter()
         for i, stage in enumerate(self.plan, 1):
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
@@ -57,7 +60,10 @@ class Loop:
                 wall = time.perf_counter() - t0
                 mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
                                   "config_hash": stage.config_hash, "wall_s": wall}, self.so)
-                self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s")
+                eta.done(stage, wall)
+                left = [s for s in todo if self.plan.stages.index(s) >= i]
+                self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
+                         f"{eta.say(left, time.perf_counter() - started)}")
         rows = self.write_metrics_log()
         self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
         return rows
@@ -88,6 +94,26 @@ class Loop:
         ingest(p["source"], storage.join(self.L.root, "real"), size=p["size"], mode=p["mode"], n=p["n"],
                holdout=p["holdout"], seed=p["seed"], shard_size=self.cfg.sample.shard_size, storage_options=self.so,
                progress=self.say)
+
+    def stage_classifier(self, st) -> None:
+        p = st.params
+        t0 = time.perf_counter()
+        data = labelled_training_images(p["source"], p["images"], size=p["size"], mode=p["mode"],
+                                        holdout=p["holdout"], seed=p["seed"], storage_options=self.so)
+        if data is None:
+            save_classifier(st.outputs["classifier"], None, {"images": 0}, self.so)
+            self.say(f"classifier: {p['source']} has no labels; sample quality is reported as the on-manifold "
+                     "ratio only")
+            return
+        images, labels = data
+        clf = train_classifier(images, labels, epochs=p["epochs"], seed=p["seed"])
+        _, hold, _ = SampleSet(self.L.real("holdout"), self.so).load()
+        held = classifier_figures(clf.probabilities(hold), clf.num_classes)
+        save_classifier(st.outputs["classifier"], clf, {"images": len(images), "epochs": p["epochs"],
+                                                        "holdout": held}, self.so)
+        self.say(f"classifier: {clf.num_classes} classes, {len(images)} labelled real images, "
+                 f"{time.perf_counter() - t0:.0f} s; on {len(hold)} held-out real images: confidence "
+                 f"{held['confidence']:.3f}, rejected {held['rejected']:.3f}")
 
     def stage_featurize_real(self, st) -> None:
         for url in st.inputs.values():
@@ -126,11 +152,12 @@ class Loop:
             feats["holdout"][e] = self.featurize(hold.url, e, st.resources)
         figures = generation_metrics(feats["train"], feats["generated"], feats["holdout"], prdc_k=m["prdc_k"],
                                      seed=self.cfg.run.seed)
+        quality = self.sample_quality(st, pool, scored)
         real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
         times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation
                  and s.strategy == st.strategy and s.name in ("train", "sample", "featurize")}
         metrics = {"strategy": st.strategy, "generation": st.generation, "spaces": figures,
-                   "real_share": real, "train_count": train.count, "pool_count": pool.count,
+                   "quality": quality, "real_share": real, "train_count": train.count, "pool_count": pool.count,
                    "scored_count": len(scored), "holdout_count": hold.count, "stage_seconds": times}
         storage.write_bytes(st.outputs["metrics"], json.dumps(metrics, indent=1).encode(), self.so)
 
@@ -176,8 +203,21 @@ class Loop:
 
     # -- helpers
     def featurize(self, set_url: str, extractor: str, r: dict) -> np.ndarray:
+        options = {"url": self.L.classifier, "storage_options": self.so} if extractor == "classifier" else None
         return featurize(set_url, extractor, min_actors=1, max_actors=max(1, r.get("max", 1)), cpus_per_actor=r["cpus"],
-                         gpus_per_actor=r["gpus"], storage_options=self.so, progress=self.say)
+                         gpus_per_actor=r["gpus"], storage_options=self.so, options=options, progress=self.say)
+
+    def sample_quality(self, st, pool: SampleSet, scored: list[str]) -> dict | None:
+        """The classifier's figures on the scored samples beside its figures on real held-out images
+        (collapse.classifier); None when the run trains no classifier or its data has no labels."""
+        if "classifier" not in st.inputs:
+            return None
+        record = read_classifier_record(st.inputs["classifier"], self.so)
+        if not record["labelled"]:
+            return None
+        clf = load_classifier(st.inputs["classifier"], self.so)
+        _, images, _ = pool.load(scored)
+        return recognizability(classifier_figures(clf.probabilities(images), clf.num_classes), record["holdout"])
 
     def candidate_features(self, keys, sources, extractor: str) -> np.ndarray:
         from collapse.data.features import load_features
@@ -206,6 +246,31 @@ class Loop:
                 rows.append({**m, "strategy": name, "shared": st.strategy == SHARED})
         storage.write_bytes(self.L.metrics_log, "".join(json.dumps(r) + "\n" for r in rows).encode(), self.so)
         return rows
+
+
+class ETA:
+    """The time left, from the seconds per unit of work of the stages finished in this process
+    (train: steps; sample, featurize: images; score: scored samples; select: candidates; else: 1)."""
+    UNITS = {"train": "steps", "sample": "pool", "featurize": "images", "score": "generated", "select": "candidates"}
+
+    def __init__(self):
+        self.rate: dict[str, float] = {}
+        self.seen: dict[str, list[float]] = {}
+
+    def units(self, stage) -> float:
+        key = self.UNITS.get(stage.name)
+        return float(stage.sizes.get(key, 1) or 1) if key else 1.0
+
+    def done(self, stage, wall: float) -> None:
+        work = self.seen.setdefault(stage.name, [0.0, 0.0])
+        work[0], work[1] = work[0] + wall, work[1] + self.units(stage)
+        self.rate[stage.name] = work[0] / work[1]
+
+    def say(self, left: list, elapsed: float) -> str:
+        known = sum(self.rate[s.name] * self.units(s) for s in left if s.name in self.rate)
+        unknown = sorted({s.name for s in left if s.name not in self.rate})
+        text = f"{elapsed / 60:.1f} min so far, ETA {known / 60:.1f} min"
+        return text + (f" + the first {', '.join(unknown)}" if unknown else "") if left else text + " (done)"
 
 
 def _num(v) -> float | None:

@@ -16,11 +16,17 @@ spread, and real images with their pixels permuted (same histogram, no structure
 is then low on noise and stays high on real held-out images, which a test checks. The negatives
 are drawn with a generator seeded by ``seed``, and training is seeded: same data, same classifier.
 
-Pure torch over arrays: images uint8 (N, H, W) or (N, H, W, C), labels int (N,). Not yet wired
-into the loop (the real-collapse issue): ``collapse.classifier`` is its first step.
+Its penultimate layer (``Classifier.features``, d = 128) is also a learned feature space for
+selection and scoring, registered as the extractor ``classifier`` (collapse.features): on small
+grey images an ImageNet network sees 16x16 garments upsampled 14x, while this one is trained on
+the run's own data, as the LeNet of "MNIST FID" is (and as Inception is for ImageNet-like data).
+
+Pure torch over arrays: images uint8 (N, H, W) or (N, H, W, C), labels int (N,). The loop trains
+it in the run-level stage ``classifier`` (collapse.plan) and stores it with :meth:`to_bytes`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from dataclasses import dataclass
@@ -42,10 +48,14 @@ class SmallCNN(nn.Module):
         self.hidden = nn.Linear(2 * width * (height // 4) * (width_px // 4), 128)
         self.head = nn.Linear(128, num_labels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer (128 ReLU units): the classifier's learned feature space."""
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.head(F.relu(self.hidden(x.flatten(1))))
+        return F.relu(self.hidden(x.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
 
 
 @dataclass
@@ -57,13 +67,21 @@ class Classifier:
 
     def probabilities(self, images, batch_size: int = 512) -> np.ndarray:
         """float64 (N, K + 1): p(label | image) for each image (uint8, the training shape)."""
+        return self._map(images, lambda x: torch.softmax(self.net(x), dim=1).double(), self.num_classes + 1,
+                         batch_size)
+
+    def features(self, images, batch_size: int = 512) -> np.ndarray:
+        """float32 (N, 128): the penultimate layer (``SmallCNN.embed``) of each image."""
+        return self._map(images, lambda x: self.net.embed(x).float(), self.net.hidden.out_features, batch_size)
+
+    def _map(self, images, fn, dim: int, batch_size: int) -> np.ndarray:
         x = _as_tensor(images, self.shape)
         self.net.eval()
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             for s in range(0, len(x), batch_size):
-                out.append(torch.softmax(self.net(x[s:s + batch_size]), dim=1).double().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes + 1))
+                out.append(fn(x[s:s + batch_size]).numpy())
+        return np.concatenate(out) if out else np.zeros((0, dim))
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -78,6 +96,18 @@ class Classifier:
         net = SmallCNN(c, h, w, d["num_classes"] + 1, width=d["width"])
         net.load_state_dict(d["state"])
         return cls(net, int(d["num_classes"]), (h, w, c))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one CPU thread inside: the same bits in every process (a job's driver, a test),
+    whatever its thread count; the network is small enough that this costs seconds at most."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _nhwc(images) -> np.ndarray:
@@ -133,6 +163,12 @@ def train_classifier(images, labels, *, num_classes: int | None = None, epochs: 
     steps = epochs * math.ceil(len(x_t) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     net.train()
+    with one_thread():
+        _fit(net, opt, sched, x_t, y_t, epochs, batch_size, gen)
+    return Classifier(net, k, tuple(a.shape[1:]))
+
+
+def _fit(net, opt, sched, x_t, y_t, epochs: int, batch_size: int, gen: torch.Generator) -> None:
     for _ in range(epochs):
         order = torch.randperm(len(x_t), generator=gen)
         for s in range(0, len(x_t), batch_size):
@@ -142,7 +178,6 @@ def train_classifier(images, labels, *, num_classes: int | None = None, epochs: 
             loss.backward()
             opt.step()
             sched.step()
-    return Classifier(net, k, tuple(a.shape[1:]))
 
 
 def classifier_figures(probabilities: np.ndarray, num_classes: int) -> dict:
@@ -158,3 +193,58 @@ def classifier_figures(probabilities: np.ndarray, num_classes: int) -> dict:
     return {"confidence": float(p[:, :num_classes].max(1).mean()), "class_histogram": hist.tolist(),
             "class_entropy": float(-(nz * np.log(nz)).sum()), "rejected": float((label == num_classes).mean())}
 
+
+
+RECOGNIZABLE_SHARE = 0.5   # samples are "recognizable" when their confidence is >= this share of real's
+
+
+def recognizability(generated: dict, real: dict, share: float = RECOGNIZABLE_SHARE) -> dict:
+    """The generated samples' figures beside the real held-out images' (both from
+    :func:`classifier_figures`): ``confidence_ratio`` = confidence / real confidence, and
+    ``recognizable`` when that ratio is at least ``share`` (the report warns otherwise)."""
+    ratio = generated["confidence"] / real["confidence"] if real["confidence"] > 0 else float("nan")
+    return {**generated, "real_confidence": real["confidence"], "real_rejected": real["rejected"],
+            "real_class_entropy": real["class_entropy"], "confidence_ratio": ratio,
+            "recognizable": bool(ratio >= share)}
+
+
+# -- stored in a run: <run>/real/classifier/{classifier.pt, manifest.json} (the manifest last)
+KIND = "classifier"
+WEIGHTS = "classifier.pt"
+
+
+def save_classifier(url: str, classifier: "Classifier | None", extra: dict, storage_options=None) -> dict:
+    """Store ``classifier`` (None: the source has no labels, so only ``extra`` is recorded)."""
+    import hashlib
+
+    from collapse.data import manifest as mf, storage
+    record = {"kind": KIND, "labelled": classifier is not None, **extra}
+    if classifier is not None:
+        data = classifier.to_bytes()
+        storage.write_bytes(storage.join(url, WEIGHTS), data, storage_options)
+        record.update(sha256=hashlib.sha256(data).hexdigest(), num_classes=classifier.num_classes,
+                      shape=list(classifier.shape))
+    mf.write_manifest(url, record, storage_options)
+    return record
+
+
+def read_classifier_record(url: str, storage_options=None) -> dict:
+    from collapse.data import manifest as mf
+    return mf.read_manifest(url, storage_options, kind=KIND)
+
+
+def load_classifier(url: str, storage_options=None) -> "Classifier":
+    """The classifier stored at ``url``; a clear error when the run's data had no labels or the
+    weights do not match their manifest."""
+    import hashlib
+
+    from collapse.data import storage
+    from collapse.errors import DataError
+    record = read_classifier_record(url, storage_options)
+    if not record["labelled"]:
+        raise DataError(f"{url}: the run's source has no labels, so it has no classifier (and no 'classifier' "
+                        "feature space); use another space, e.g. effnet-lite0")
+    data = storage.read_bytes(storage.join(url, WEIGHTS), storage_options)
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise DataError(f"{storage.join(url, WEIGHTS)}: its sha256 does not match its manifest (damaged)")
+    return Classifier.from_bytes(data)

@@ -122,8 +122,12 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"{list(mt.features)}: allowed: a non-empty list of distinct names of {', '.join(extractors)}")
     for f in mt.features:
         _one_of("metrics.features", f, extractors)
-    _need(mt.gs_samples <= d.n, "metrics.gs_samples", f"{mt.gs_samples} is more than a pool holds "
-          f"(data.n={d.n}); allowed: 1 to {d.n}")
+    uses = [("metrics.features", f) for f in mt.features] + [
+        (f"strategies.{st.name}.features", st.features) for st in cfg.strategies]
+    for key, f in uses:
+        _need(f != "classifier" or mt.classifier_images > 0, key, "'classifier' is the space of the run's "
+              "sample-quality classifier, and metrics.classifier_images = 0 trains none; allowed: "
+              "metrics.classifier_images > 0, or another space")
     _need(d.holdout > max(1, mt.prdc_k), "data.holdout", f"{d.holdout} held-out images cannot give FD and "
           f"PRDC with k={mt.prdc_k}; allowed: >= {max(1, mt.prdc_k) + 1}")
     res = cfg.resources

@@ -4,6 +4,10 @@ Per feature space (SCIENCE.md, "Definitions"):
     entropy            H(D_n), Kozachenko-Leonenko, k = 1, of the training set (nats)
     pool_entropy       H of the scored generated samples
     gs                 generalization score of the generated samples against D_n
+    holdout_gs         the same mean nearest-D_n distance, of the real held-out images
+    manifold_ratio     gs / holdout_gs, the on-manifold ratio: ~1 when samples lie as close to D_n
+                       as unseen real images do, >> 1 for off-manifold samples (noise), -> 0 for copies;
+                       the sample-quality figure that needs no labels
     memorization       share of generated samples that copy a training image (d1/d2 < 1/3)
     mean_nn_distance   mean nearest-neighbour distance inside D_n
     covariance_trace   Tr Cov(D_n) (falls slowly: collapse is not variance shrinkage)
@@ -27,8 +31,10 @@ def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray,
     kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=min(1000, len(generated), len(holdout)),
                             seed=seed)
     quality = prdc(holdout, generated, k=prdc_k)
+    gs, holdout_gs = generalization_score(generated, train), generalization_score(holdout, train)
     return {"entropy": kl_entropy(train), "pool_entropy": kl_entropy(generated),
-            "gs": generalization_score(generated, train), "memorization": memorization_fraction(generated, train),
+            "gs": gs, "holdout_gs": holdout_gs, "manifold_ratio": gs / holdout_gs if holdout_gs > 0 else float("nan"),
+            "memorization": memorization_fraction(generated, train),
             "mean_nn_distance": mean_nn_distance(train), "covariance_trace": covariance_trace(train),
             "fd": frechet_distance(generated, holdout), "kid": kid_mean, "kid_std": kid_std,
             "precision": quality.precision, "recall": quality.recall, "density": quality.density,

@@ -4,6 +4,8 @@
 ``--dry-run``. Stages (ARCHITECTURE.md, "One generation, for one strategy"):
 
     ingest          generation 0: data.source -> <run>/real/train (N, or more under fresh) and real/holdout
+    classifier      generation 0: the sample-quality classifier on labelled real training images, and
+                    its figures on real/holdout -> <run>/real/classifier (metrics.classifier_images > 0)
     featurize-real  generation 0: every extractor the run uses, on both real splits (once)
     train-set       generation 1: D_1 = the first N real images
     train, sample, featurize, score      each generation n: M_n, its pool P_n, features, metrics
@@ -16,7 +18,8 @@ largest pool factor; strategy s reads its first k_s*N samples (sample i is seede
 so that prefix is the pool s would have drawn alone). Each strategy's first own output is its
 generation-1 selection, ``<run>/<s>/gen-001/selection/``, which writes ``<run>/<s>/gen-002/train/``.
 The last generation G samples only ``metrics.gs_samples`` images: nothing is selected from it,
-and every generation is scored on the first ``gs_samples`` of its pool.
+and every generation is scored on the first ``gs_samples`` of its pool (a pool holds at least that
+many; with a small N, gs_samples > k*N keeps the scores' sampling error small).
 
 Seeds (collapse.seeding.stage_seed, purpose names fixed here): training ``"train"``, selection and
 the uniform draws of vanilla ``"select"``, both per (run seed, generation) and shared by the
@@ -39,7 +42,7 @@ from collapse.data.urls import RunLayout, features_url
 from collapse.seeding import stage_seed
 
 SHARED = "shared"
-STAGES = ("ingest", "featurize-real", "train-set", "train", "sample", "featurize", "score", "select")
+STAGES = ("ingest", "classifier", "featurize-real", "train-set", "train", "sample", "featurize", "score", "select")
 
 
 @dataclass(frozen=True)
@@ -143,8 +146,15 @@ class _Builder:
                  {"train": self.real_n, "holdout": c.data.holdout}, self.res("driver"),
                  {"source": c.data.source, "size": c.data.size, "mode": c.data.mode, "n": self.real_n,
                   "holdout": c.data.holdout, "seed": c.run.seed})
+        self.real_after = ["ingest"]
+        if c.metrics.classifier_images:
+            self.real_after.append(self.add(
+                "classifier", SHARED, 0, ["ingest"], real, {"classifier": L.classifier},
+                {"images": c.metrics.classifier_images, "holdout": c.data.holdout}, self.res("driver"),
+                {"source": c.data.source, "size": c.data.size, "mode": c.data.mode, "holdout": c.data.holdout,
+                 "seed": c.run.seed, "images": c.metrics.classifier_images, "epochs": c.metrics.classifier_epochs}))
         ex = self.extractors(c.strategies, 1)
-        self.add("featurize-real", SHARED, 0, ["ingest"], real,
+        self.add("featurize-real", SHARED, 0, self.real_after, real,
                  {f"{split}/{e}": features_url(url, e) for split, url in real.items() for e in ex},
                  {"images": self.real_n + c.data.holdout}, self.res("featurize"), {"extractors": ex})
         self.add("train-set", SHARED, 1, ["ingest"], {"real": real["train"]},
@@ -157,7 +167,9 @@ class _Builder:
         strategies = c.strategies if s is None else (s,)
         size = self.train_size(s, n)
         made_by = f"{SHARED}/gen-001/train-set" if n == 1 else f"{s.name}/gen-{n - 1:03d}/select"
-        count = c.metrics.gs_samples if n == self.G else max(pd.pool_size(self.N, x.pool_factor) for x in strategies)
+        # scored: the pool's first gs_samples; candidates: its first k*N (gs_samples may exceed k*N)
+        count = c.metrics.gs_samples if n == self.G else max(c.metrics.gs_samples, *(
+            pd.pool_size(self.N, x.pool_factor) for x in strategies))
         t = self.add("train", o, n, [made_by], {"train_set": L.train_set(o, n)}, {"model": L.model(o, n)},
                      {"train_set": size, "steps": c.train.steps}, self.res("train"),
                      {"spec": {**dataclasses.asdict(c.train), "preset": c.model.preset,   # cluster.train.TrainSpec
@@ -167,11 +179,12 @@ class _Builder:
                       {"spec": {"count": count, "run_seed": c.run.seed, "generation": n,   # cluster.sample.SampleSpec
                                 "num_classes": c.model.num_classes, **dataclasses.asdict(c.sample)}})
         ex = self.extractors(strategies, n)
-        f = self.add("featurize", o, n, [sm], {"pool": L.pool(o, n)},
+        f = self.add("featurize", o, n, [sm] + self.real_after[1:], {"pool": L.pool(o, n)},
                      {e: features_url(L.pool(o, n), e) for e in ex}, {"images": count}, self.res("featurize"),
                      {"extractors": ex})
-        self.add("score", o, n, [f, made_by, "featurize-real"],
-                 {"train_set": L.train_set(o, n), "pool": L.pool(o, n), "holdout": L.real("holdout")},
+        self.add("score", o, n, [f, made_by, "featurize-real"] + self.real_after[1:],
+                 {"train_set": L.train_set(o, n), "pool": L.pool(o, n), "holdout": L.real("holdout"),
+                  **({"classifier": L.classifier} if c.metrics.classifier_images else {})},
                  {"metrics": L.metrics(o, n)},
                  {"train_set": size, "generated": c.metrics.gs_samples, "holdout": c.data.holdout},
                  self.res("score"), dataclasses.asdict(c.metrics))

@@ -214,6 +214,36 @@ def _key(name: str, split: str, index: int) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{name}-{split}-{index:06d}")
 
 
+def _split(spec, train_src: Source, test_src: Source | None, holdout: int, seed: int):
+    """``(training pool, held-out source, held-out indices)``: the seeded order ingest draws from.
+    The held-out images come from the source's test split when it has one, else from the front of
+    the permuted training split (and are then never in the pool)."""
+    pool = np.random.default_rng(seed).permutation(train_src.count)
+    if test_src is not None:
+        if holdout > test_src.count:
+            raise DataError(f"holdout={holdout} is larger than the {test_src.count} held-out images of {spec!r}")
+        return pool, test_src, np.random.default_rng(seed + 1).permutation(test_src.count)[:holdout]
+    if holdout >= train_src.count:
+        raise DataError(f"holdout={holdout} leaves no training images of the {train_src.count} in {spec!r}")
+    return pool[holdout:], train_src, pool[:holdout]
+
+
+def labelled_training_images(spec: str, count: int, *, size: int | None = None, mode: str | None = None,
+                             holdout: int = 0, seed: int = 0, storage_options: dict | None = None):
+    """``(images uint8 (M, H, W[, C]), labels int (M,))``: the first ``count`` images (M = fewer when
+    the source holds fewer) of the training pool that ``ingest`` draws from with the same
+    ``holdout`` and ``seed``, so never a held-out image; ``None`` when the source has no labels.
+    (The training set D_1 is the pool's first N images: they are among these.)"""
+    train_src, test_src = open_source(spec, storage_options)
+    if train_src.labels is None:
+        return None
+    pool, _, _ = _split(spec, train_src, test_src, holdout, seed)
+    idx = np.sort(pool[:count])
+    images = np.stack([transform(train_src.load(int(i)), size, mode, f"{spec} image {train_src.origin(int(i))}")
+                       for i in idx])
+    return images, np.array([int(train_src.labels[int(i)]) for i in idx])
+
+
 def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None = None, n: int | None = None,
            holdout: int = 0, seed: int = 0, shard_size: int = 1000, overwrite: bool = False,
            storage_options: dict | None = None, progress=print) -> dict:
@@ -244,16 +274,7 @@ def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None
         raise DataError(f"{stale[0]!r} already holds a different import; pass --overwrite to replace it")
 
     train_src, test_src = open_source(spec, storage_options)
-    rng = np.random.default_rng(seed)
-    pool = rng.permutation(train_src.count)
-    if test_src is not None:
-        hold_src, hold_idx = test_src, np.random.default_rng(seed + 1).permutation(test_src.count)[:holdout]
-        if holdout > test_src.count:
-            raise DataError(f"holdout={holdout} is larger than the {test_src.count} held-out images of {spec!r}")
-    else:
-        if holdout >= train_src.count:
-            raise DataError(f"holdout={holdout} leaves no training images of the {train_src.count} in {spec!r}")
-        hold_src, hold_idx, pool = train_src, pool[:holdout], pool[holdout:]
+    pool, hold_src, hold_idx = _split(spec, train_src, test_src, holdout, seed)
     if n is not None and n > len(pool):
         raise DataError(f"n={n} is larger than the {len(pool)} training images available in {spec!r}")
     train_idx = np.sort(pool[:n] if n is not None else pool)

@@ -115,6 +115,11 @@ class RunLayout:
             raise ValueError(f"real split must be 'train' or 'holdout', got {split!r}")
         return join(self.root, "real", split)
 
+    @property
+    def classifier(self) -> str:
+        """The run's sample-quality classifier (collapse.classifier), trained on real images."""
+        return join(self.root, "real", "classifier")
+
     def generation(self, strategy: str, generation: int) -> str:
         if not _NAME.match(strategy):
             raise ValueError(f"strategy name {strategy!r} must match {_NAME.pattern}")

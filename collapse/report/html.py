@@ -25,7 +25,8 @@ td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;
 max-height:480px}.swatch{display:inline-block;width:26px;height:4px;vertical-align:middle;margin:0 4px 0 10px}
 .card{border:1px solid #ccc;padding:8px;background:#fafafa}.partial{color:#B35900;font-weight:600}
-.copy{color:#C00000;font-weight:600}a{color:#0B5CAD}
+.copy{color:#C00000;font-weight:600}
+.warning{border:2px solid #C00000;background:#FFF0F0;padding:8px 12px;margin:12px 0}a{color:#0B5CAD}
 """
 
 SCRIPT = """

@@ -91,10 +91,14 @@ def _nested_styles(count: int) -> list[tuple[float, float]]:
     return [(1.5 + step * (count - 1 - i), 4.0 + step * (count - 1 - i)) for i in range(count)]
 
 
-def line_plot(series: list[Series], title: str, ylabel: str, xlabel: str = "generation n") -> tuple[bytes, list[int]]:
-    """One metric against generation, one line per series. Returns (PNG bytes, axes pixel box)."""
+def line_plot(series: list[Series], title: str, ylabel: str, xlabel: str = "generation n",
+              references: list[tuple[str, float]] = ()) -> tuple[bytes, list[int]]:
+    """One metric against generation, one line per series, and a dotted horizontal line per
+    ``(label, y)`` reference. Returns (PNG bytes, axes pixel box)."""
     fig = _new_figure(3.9, 3.1)
     ax = fig.add_subplot()
+    for label, y in references:
+        ax.axhline(y, color="#444444", linestyle=":", linewidth=1.2, label=label)
     dx = min(0.06, 0.25 / max(1, len(series)))
     for i, (s, (lw, ms)) in enumerate(zip(series, _nested_styles(len(series)))):
         x = np.asarray(s.x, dtype=float) + (i - (len(series) - 1) / 2) * dx
@@ -106,8 +110,8 @@ def line_plot(series: list[Series], title: str, ylabel: str, xlabel: str = "gene
     ax.tick_params(labelsize=7)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if series:
-        fig.legend(loc="outside lower center", ncol=min(3, len(series)), fontsize=7, frameon=False)
+    if series or references:
+        fig.legend(loc="outside lower center", ncol=min(3, len(series) + len(references)), fontsize=7, frameon=False)
     box = _axes_box(fig, ax)
     return _png(fig), box
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from collapse.classifier import RECOGNIZABLE_SHARE
 from collapse.data import storage
 from collapse.data.samples import SampleSet
 from collapse.errors import NotFinishedError
@@ -40,7 +41,7 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     out = normalise_root(out_url) if out_url else runs[0].layout.report
     files: dict[str, bytes] = {}
     colours = assign_colours([s for r in runs for s in r.strategies])
-    body = "\n".join([header(runs, colours), central(runs, colours, files), metric_plots(runs, colours, files),
+    body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files), metric_plots(runs, colours, files),
                       final_table(runs), samples(runs, files), stage_times(runs), configs(runs, out),
                       artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
@@ -88,6 +89,25 @@ def progress(run: Run) -> str:
     return ", ".join(parts) or "<span class='partial'>nothing scored yet</span>"
 
 
+def quality_warnings(runs: list[Run]) -> str:
+    """A visible warning for every generation whose samples the classifier does not recognize."""
+    items = []
+    for run in runs:
+        for r in F.unrecognizable(run):
+            q = r["quality"]
+            who = "shared generation" if r["strategy"] == SHARED else f"{r['strategy']}, generation"
+            items.append(f"<li>{H.esc(run.label + ': ' if len(runs) > 1 else '')}{H.esc(who)} {r['generation']}: "
+                         f"classifier confidence {H.num(q['confidence'], 3)} against {H.num(q['real_confidence'], 3)} "
+                         f"on held-out real images (ratio {H.num(q['confidence_ratio'], 2)} &lt; "
+                         f"{RECOGNIZABLE_SHARE:g}), {H.num(100 * q['rejected'], 3)}% classified as no class</li>")
+    if not items:
+        return ""
+    return ("<div class='warning'><b>Warning: samples not recognizable.</b> The run's classifier of the real "
+            "classes does not recognize these generations' samples, so their entropy, GS and memorization "
+            "describe images that are not of the data (noise scores as novel):<ul>" + "".join(items)
+            + "</ul></div>")
+
+
 # -- plots
 
 def central(runs: list[Run], colours: dict[str, str], files: dict) -> str:
@@ -123,16 +143,33 @@ def metric_plots(runs: list[Run], colours: dict[str, str], files: dict) -> str:
     for space in F.feature_spaces(runs):
         figs = [_metric_figure(runs, colours, m, space, files) for m in F.METRICS]
         out.append(f"<h3>{H.esc(space)} space</h3><div class='grid'>{''.join(figs)}</div>")
+    figs = [_metric_figure(runs, colours, m, None, files) for m in F.QUALITY_METRICS]
+    if any(figs):
+        out.append("<h3>Sample quality (the run's classifier of real classes)</h3><div class='grid'>"
+                   f"{''.join(figs)}</div>")
     figs = [_metric_figure(runs, colours, m, None, files) for m in F.RUN_METRICS]
     out.append(f"<h3>Training sets</h3><div class='grid'>{''.join(figs)}</div>")
     return "\n".join(out)
+
+
+def _references(runs, m: F.Metric) -> list[tuple[str, float]]:
+    """The real held-out images' value of a quality figure, one dotted line per run."""
+    name = {"quality.confidence": "real_confidence", "quality.class_entropy": "real_class_entropy",
+            "quality.rejected": "real_rejected"}.get(m.key)
+    out = []
+    for run in runs if name else ():
+        v = next(((r.get("quality") or {}).get(name) for r in run.rows if (r.get("quality") or {}).get(name)
+                  is not None), None)
+        if v is not None:
+            out.append((f"real held-out{'' if len(runs) == 1 else ' ' + run.label}", float(v)))
+    return out
 
 
 def _metric_figure(runs, colours, m: F.Metric, space: str | None, files: dict) -> str:
     series = F.metric_series(runs, colours, m, space)
     if not series:
         return ""
-    png, box = line_plot(series, m.title, F.axis_label(m, space))
+    png, box = line_plot(series, m.title, F.axis_label(m, space), references=_references(runs, m))
     key = f"{space}-{m.key}" if space else m.key
     files[f"plots/{key}.png"] = png
     data = [{"label": s.label, "run": s.run, "strategy": s.strategy, "colour": s.colour, "generations": list(s.x),
@@ -148,7 +185,9 @@ def _metric_figure(runs, colours, m: F.Metric, space: str | None, files: dict) -
 def final_table(runs: list[Run]) -> str:
     spaces = F.feature_spaces(runs)
     heads = ["run", "strategy", "generation"] + [f"{k}<br><span class='muted'>{H.esc(s)}</span>"
-                                                for s in spaces for k in F.TABLE_KEYS] + ["real share", "|D_n|"]
+                                                for s in spaces for k in F.TABLE_KEYS] + [
+        "confidence<br><span class='muted'>classifier</span>", "real confidence<br><span class='muted'>held-out"
+        "</span>", "class entropy", "real share", "|D_n|"]
     rows = []
     for run in runs:
         for r in F.last_rows(run):
@@ -156,9 +195,12 @@ def final_table(runs: list[Run]) -> str:
             gen = f"{r['generation']} of {run.planned_generations or '?'}"
             rows.append([H.esc(run.label), H.esc(r["strategy"]), gen]
                         + [H.num((sp.get(s) or {}).get(k)) for s in spaces for k in F.TABLE_KEYS]
+                        + [H.num((r.get("quality") or {}).get(k)) for k in
+                           ("confidence", "real_confidence", "class_entropy")]
                         + [H.num(r.get("real_share")), H.num(r.get("train_count"))])
     note = ("<p class='small muted'>Entropy in nats; GS in L2 distance and FD in squared L2 of the feature space "
-            "(pixel: values 0-255); KID an MMD² (cubic kernel); the rest fractions (density a ratio).</p>")
+            "(pixel: values 0-255); manifold_ratio = GS / GS of held-out real images; confidence: the run's "
+            "classifier's mean top-class probability; the rest fractions.</p>")
     return "<h2>Last generation per strategy</h2>" + (H.table(heads, rows, 2) + note if rows else
                                                       "<p class='partial'>No generation is scored yet.</p>")
 
@@ -217,8 +259,15 @@ def _generation_card(run: Run, g: Generation, prefix: str, files: dict) -> str:
     stem = f"{prefix}{g.owner}-gen-{g.generation:03d}"
     files[stem + "-samples.png"] = mosaic(imgs[:GRID_SAMPLES])
     who = "shared (all strategies)" if g.owner == SHARED else g.owner
+    q = next(((r.get("quality") or {}) for r in run.rows if r["generation"] == g.generation
+              and (SHARED if r.get("shared") else r["strategy"]) == g.owner), {})
     html = [f"<div class='card'><b>{H.esc(who)}</b>: P_{g.generation}, {g.pool.count} generated",
             H.image(stem + "-samples.png", f"samples of {who}, generation {g.generation}")]
+    if q.get("confidence") is not None:
+        flag = "" if q.get("recognizable") else " <span class='copy'>not recognizable</span>"
+        html.append(f"<div class='small'>classifier confidence {H.num(q['confidence'], 3)} (real held-out "
+                    f"{H.num(q.get('real_confidence'), 3)}), class entropy {H.num(q.get('class_entropy'), 3)} "
+                    f"nats{flag}</div>")
     if g.train is not None and g.train.count >= 2:
         tkeys, timgs, _ = g.train.load()
         ev = F.nearest_training(imgs, timgs)

@@ -47,3 +47,37 @@ def test_figures_closed_form():
     assert f["class_histogram"] == [1, 1] and f["rejected"] == pytest.approx(1 / 3)
     assert f["confidence"] == pytest.approx((0.7 + 0.8 + 0.2) / 3)
     assert f["class_entropy"] == pytest.approx(np.log(2))
+
+
+def test_stored_classifier_is_a_feature_space_and_its_damage_is_caught(trained, tmp_path):
+    from collapse.classifier import load_classifier, recognizability, save_classifier
+    from collapse.errors import DataError
+    from collapse.features import get_extractor
+    clf, (x_test, _) = trained
+    url = str(tmp_path / "classifier")
+    held = classifier_figures(clf.probabilities(x_test), 10)
+    record = save_classifier(url, clf, {"holdout": held}, None)
+    assert record["labelled"] and record["num_classes"] == 10
+    ext = get_extractor("classifier", device="cpu", url=url)
+    feats = ext(x_test[:40])
+    assert feats.shape == (40, 128) == (40, ext.dim) and feats.dtype == np.float32
+    assert np.array_equal(feats, clf.features(x_test[:40]))
+    assert np.array_equal(load_classifier(url).probabilities(x_test[:5]), clf.probabilities(x_test[:5]))
+    r = recognizability({**held, "confidence": 0.4 * held["confidence"]}, held)
+    assert r["confidence_ratio"] == pytest.approx(0.4) and r["recognizable"] is False
+    assert recognizability(held, held)["recognizable"] is True
+    (tmp_path / "classifier" / "classifier.pt").write_bytes(b"x" + clf.to_bytes()[1:])
+    with pytest.raises(DataError, match="sha256"):
+        load_classifier(url)
+    save_classifier(str(tmp_path / "none"), None, {}, None)
+    with pytest.raises(DataError, match="no labels"):
+        load_classifier(str(tmp_path / "none"))
+
+
+def test_labelled_training_images_never_include_held_out_ones():
+    from collapse.data.importers import _split, digits, labelled_training_images
+    images, labels = labelled_training_images("digits", 5000, size=16, mode="grey", holdout=300, seed=4)
+    assert images.shape == (1797 - 300, 16, 16) and labels.shape == (1497,) and set(labels) == set(range(10))
+    pool, _, held = _split("digits", digits(), None, 300, 4)
+    assert not set(pool.tolist()) & set(held.tolist()) and len(pool) == 1497
+    assert labelled_training_images("digits", 10, holdout=300, seed=4)[0].shape == (10, 8, 8)

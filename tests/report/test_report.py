@@ -26,7 +26,7 @@ from collapse.data.samples import Sample, write_sample_set
 from collapse.data.urls import RunLayout
 from collapse.plan import SHARED
 from collapse.report import render_report
-from collapse.report.figures import METRICS, nearest_training
+from collapse.report.figures import METRICS, QUALITY_METRICS, nearest_training
 from collapse.report.html import href
 from collapse.report.plots import hex_to_rgb, pearson_r
 
@@ -66,6 +66,14 @@ def _metrics(strategy_index: int, n: int) -> dict:
             for j, m in enumerate(METRICS)}
 
 
+def _quality(strategy_index: int, n: int) -> dict:
+    """Made-up classifier figures: vanilla's generation 2 and later fall below half the real confidence."""
+    conf = 0.7 if n == 1 or strategy_index else 0.3
+    return {"confidence": conf, "class_histogram": [12, 12], "class_entropy": 0.69 - 0.01 * n, "rejected": 0.1 * n,
+            "real_confidence": 0.8, "real_rejected": 0.0, "real_class_entropy": 0.69, "confidence_ratio": conf / 0.8,
+            "recognizable": conf / 0.8 >= 0.5}
+
+
 def build_run(root: str, so=None, generations: int = 2) -> RunLayout:
     """config, real/, shared gen 1, per strategy its selections and generations 2..G, stage records."""
     L, rng = RunLayout(root), np.random.default_rng(0)
@@ -90,7 +98,7 @@ def build_run(root: str, so=None, generations: int = 2) -> RunLayout:
                  L.model(o, n))
             i = 0 if o == SHARED else STRATEGIES.index(o)
             m = {"strategy": o, "generation": n, "spaces": {"pixel": _metrics(i, n)}, "real_share": 1.0 / n - 0.1 * i,
-                 "train_count": 24, "pool_count": 24, "scored_count": 24, "holdout_count": 8, "stage_seconds": {}}
+                 "quality": _quality(i, n), "train_count": 24, "pool_count": 24, "scored_count": 24, "holdout_count": 8, "stage_seconds": {}}
             storage.write_bytes(L.metrics(o, n), json.dumps(m).encode(), so)
             rows += [dict(m, strategy=s, shared=o == SHARED) for s in (STRATEGIES if o == SHARED else [o])]
             stages += [f"{o}/gen-{n:03d}/{x}" for x in ("train", "sample", "featurize", "score")]
@@ -164,7 +172,8 @@ def test_the_report_of_a_finished_run_opens_in_chromium_with_every_image_and_lin
     assert json.loads(dom.body["data-broken"]) == [] and int(dom.body["data-images"]) == len(page.images) > 20
 
     lines = [f for f in page.figures if f["kind"] == "line"]
-    assert {f["plot"] for f in lines} == {f"pixel-{m.key}" for m in METRICS} | {"real_share"}
+    assert {f["plot"] for f in lines} == ({f"pixel-{m.key}" for m in METRICS} | {"real_share"}
+                                          | {m.key for m in QUALITY_METRICS})
     for f in page.figures:
         strategies = [s["strategy"] for s in f["series"]]
         want = [*STRATEGIES] if f["kind"] == "line" else [SHARED, *STRATEGIES]
@@ -189,6 +198,10 @@ def test_the_page_shows_the_central_figure_the_evidence_the_config_and_relative_
     assert scatter["plot"] == "pixel-gs-entropy" and -1 <= scatter["pearson-r"] <= 1
     assert sum(s["points"] for s in scatter["series"]) == 3          # shared generation 1 counted once
     assert "copy?" in text and "H(D_n) [nats], pixel space" in text and "pixel values 0-255" in text
+    # the warning names exactly the generations the classifier does not recognize (vanilla's 2nd)
+    warning = re.search(r"<div class='warning'>(.*?)</div>", text, re.S).group(1)
+    assert re.findall(r"<li>(\w+), generation (\d+)", warning) == [("vanilla", "2")]
+    assert "0.3 against 0.8" in warning and text.count("not recognizable</span>") == 1
     assert cf.config_hash(json.loads(Path(L.config + ".json").read_text())) in text
     for name in ("train", "sample", "featurize", "score", "select"):
         assert f"<th>{name}</th>" in text
