@@ -6,13 +6,18 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.collapse-installed
 
-.PHONY: demo test setup system bench
+.PHONY: demo demo-quick test setup system bench
 
 # The main job on the embedded default: a local Ray on 127.0.0.1, a local run directory, and
 # Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden.
 RUN_DIR ?= runs/demo
 demo: setup
 	$(VENV)/bin/collapse run --config demo --run-dir $(RUN_DIR) $(ARGS)
+
+# A smoke run of the same loop on the tiny preset (minutes; its 20-step models make noise, and the
+# report says so).
+demo-quick: setup
+	$(VENV)/bin/collapse run --config tiny --run-dir runs/demo-quick $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

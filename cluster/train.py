@@ -83,6 +83,7 @@ def _maybe_fail(step: int, fail_at_step: int | None, model_url: str, so) -> None
 
 def train_loop_per_worker(config: dict) -> None:
     """Body of every Ray Train worker. ``config``: spec (dict), train_url, model_url, storage_options, conditional."""
+    timeline = {"worker_started": time.time()}   # wall clock: the driver's fit() call is on the same clock
     import ray.train
     import torch
 
@@ -114,6 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
         model=unet, optimizer=optimizer, config=deepspeed_config(spec, world, on_gpu),
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, spec.warmup_steps, spec.steps))
     ema = diffusion.EMA(engine.module, spec.ema_decay, spec.ema_warmup) if spec.ema_decay > 0 else None
+    timeline["initialized"] = time.time()        # imports, process group, model, DeepSpeed engine
 
     # -- resume from the latest committed checkpoint, if any
     step, work = 0, tempfile.mkdtemp(prefix=f"collapse-train-r{rank}-")
@@ -172,6 +174,7 @@ def train_loop_per_worker(config: dict) -> None:
                          model_url, work, rank, so, config["spec_hash"])
 
     # -- the final model, in diffusers format, committed last
+    timeline["steps_done"] = time.time()
     if rank == 0:
         final = ema.copy_to(engine.module) if ema is not None else engine.module
         local = os.path.join(work, "final")
@@ -179,6 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
         directories.upload_directory(local, model_url, extra={"kind": "diffusers-model", "steps": step,
                                                               "preset": spec.preset, "spec_hash": config["spec_hash"],
                                                               "loss_curve": curve, "resumed_from": resumed_from,
+                                                              "timeline": timeline,
                                                               "steps_per_s": (step - warm_at) / (t_end - t_warm)
                                                               if t_warm and t_end and step > warm_at else None},
                                      storage_options=so)
@@ -248,10 +252,26 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        # our stage prints the loss curve; Ray Train's per-report INFO lines are noise
                                        logging_config=ray.train.LoggingConfig(log_level="WARNING")))
-    t0 = time.perf_counter()
+    t0 = time.time()
     trainer.fit()
+    t1 = time.time()
     done = mf.read_manifest(model_url, storage_options)
-    curve = done["extra"]["loss_curve"]
-    progress(f"train: {spec.steps} steps on {num_workers} worker(s) in {time.perf_counter() - t0:.0f} s, "
-             f"loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f}" if curve else "")
+    curve, tl = done["extra"]["loss_curve"], done["extra"].get("timeline") or {}
+    split = startup_split(t0, t1, tl)
+    progress(f"train: {spec.steps} steps on {num_workers} worker(s) in {t1 - t0:.0f} s (" +
+             ", ".join(f"{k} {v:.1f} s" for k, v in split.items()) + ")" +
+             (f", loss {curve[0][1]:.4f} -> {curve[-1][1]:.4f}" if curve else ""))
     return done
+
+
+def startup_split(fit_called: float, fit_returned: float, timeline: dict) -> dict:
+    """Where a training stage's wall time went (seconds): Ray Train starting the worker group, the
+    worker's imports and set-up (process group, model, DeepSpeed engine), the steps (with their
+    checkpoints), and saving the model and shutting the group down. Empty without a timeline (a
+    model trained by an older version)."""
+    keys = ("worker_started", "initialized", "steps_done")
+    if not all(k in timeline for k in keys):
+        return {}
+    a, b, c = (timeline[k] for k in keys)
+    return {"worker group start": a - fit_called, "worker set-up": b - a, "steps": c - b,
+            "save and shutdown": fit_returned - c}
