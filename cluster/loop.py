@@ -269,8 +269,12 @@ class ETA:
     def say(self, left: list, elapsed: float) -> str:
         known = sum(self.rate[s.name] * self.units(s) for s in left if s.name in self.rate)
         unknown = sorted({s.name for s in left if s.name not in self.rate})
-        text = f"{elapsed / 60:.1f} min so far, ETA {known / 60:.1f} min"
-        return text + (f" + the first {', '.join(unknown)}" if unknown else "") if left else text + " (done)"
+        text = f"{elapsed / 60:.1f} min so far"
+        if not left:
+            return text
+        if unknown:
+            return text + f", ETA > {known / 60:.1f} min (not timed yet: {', '.join(unknown)})"
+        return text + f", ETA {known / 60:.1f} min"
 
 
 def _num(v) -> float | None:
