@@ -22,9 +22,9 @@ from cluster.featurize import featurize
 from cluster.sample import SampleSpec, sample_pool
 from cluster.train import TrainSpec, train_model
 from collapse import config as cf
+from collapse import paradigms as pd
 from collapse.classifier import (classifier_figures, load_classifier, read_classifier_record, recognizability,
                                  save_classifier, train_classifier)
-from collapse import paradigms as pd
 from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.importers import ingest, labelled_training_images

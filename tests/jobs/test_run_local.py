@@ -47,8 +47,9 @@ def test_relative_run_dir_from_the_repository_root():
         _assert_clean(r)
         run_dir = ROOT / rel
         records = _stage_records(run_dir)
-        assert records == sorted(["ingest", "featurize-real", "shared/gen-001/train-set", "shared/gen-001/train",
-                                  "shared/gen-001/sample", "shared/gen-001/featurize", "shared/gen-001/score"])
+        assert records == sorted(["ingest", "classifier", "featurize-real", "shared/gen-001/train-set",
+                                  "shared/gen-001/train", "shared/gen-001/sample", "shared/gen-001/featurize",
+                                  "shared/gen-001/score"])
         assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
         assert (run_dir / "report" / "index.html").is_file()
         assert f"run {run_dir} finished" in r.stdout
