@@ -41,7 +41,8 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     out = normalise_root(out_url) if out_url else runs[0].layout.report
     files: dict[str, bytes] = {}
     colours = assign_colours([s for r in runs for s in r.strategies])
-    body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files), metric_plots(runs, colours, files),
+    body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files),
+                      metric_plots(runs, colours, files),
                       final_table(runs), samples(runs, files), stage_times(runs), configs(runs, out),
                       artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
