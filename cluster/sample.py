@@ -37,6 +37,7 @@ class Sampler:
 
     def __init__(self, model_url: str, pool_url: str, spec: dict, config_hash: str, storage_options=None,
                  threads: int = 1):
+        import shutil
         import tempfile
 
         import torch
@@ -46,10 +47,13 @@ class Sampler:
         torch.set_num_threads(threads)
         self.spec, self.pool_url, self.model_url = SampleSpec(**spec), pool_url, model_url
         self.config_hash, self.so = config_hash, storage_options
-        local = tempfile.mkdtemp(prefix="collapse-sampler-")
-        directories.download_directory(model_url, local, storage_options)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.unet, self.scheduler = diffusion.load_model(local)
+        local = tempfile.mkdtemp(prefix="collapse-sampler-")
+        try:
+            directories.download_directory(model_url, local, storage_options)
+            self.unet, self.scheduler = diffusion.load_model(local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)  # the weights are in memory now; /tmp keeps nothing
         self.unet.to(self.device).eval()
 
     def __call__(self, batch: dict) -> dict:

@@ -117,76 +117,78 @@ def train_loop_per_worker(config: dict) -> None:
     ema = diffusion.EMA(engine.module, spec.ema_decay, spec.ema_warmup) if spec.ema_decay > 0 else None
     timeline["initialized"] = time.time()        # imports, process group, model, DeepSpeed engine
 
-    # -- resume from the latest committed checkpoint, if any
-    step, work = 0, tempfile.mkdtemp(prefix=f"collapse-train-r{rank}-")
-    latest = latest_checkpoint(model_url, so)
-    if latest is not None:
-        local = os.path.join(work, "resume")
-        directories.download_directory(storage.join(model_url, CHECKPOINTS, latest["extra"]["tag"]),
-                                       os.path.join(local, latest["extra"]["tag"]), so)
-        _, client = engine.load_checkpoint(local, tag=latest["extra"]["tag"])
-        step = int(client["step"])
-        if ema is not None:
-            ema.load_state_dict(client["ema"])
-    resumed_from = step
-
-    # -- train: one data stream per checkpoint interval, seeded by its first step
-    interval = spec.checkpoint_every or spec.steps
-    micro = spec.batch_size // world
-    base_seed = stage_seed(spec.seed, 0, "train")
-    t0, seen, losses, curve = time.perf_counter(), 0, [], []
-    t_end = None
-    warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
-    while step < spec.steps:
-        stream = iter(stream_samples(config["train_url"], rank=rank, world_size=world, seed=base_seed,
-                                     epoch=step, resampled=True, shuffle_buffer=spec.shuffle_buffer,
-                                     storage_options=so))
-        stop = min(spec.steps, (step // interval + 1) * interval)
-        while step < stop:
-            batch = [next(stream) for _ in range(micro)]
-            x0 = diffusion.images_to_tensor([im for im, _ in batch]).to(device)
-            labels = (torch.tensor([m["label"] for _, m in batch], device=device)
-                      if config.get("conditional") else None)
-            gen = torch_generator(int(base_seed + 1_000_003 * step + rank) % 2 ** 63)
-            t, noise = diffusion.draw_timesteps_and_noise(scheduler, x0.shape, gen)
-            loss = diffusion.diffusion_loss(engine, x0, t.to(device), noise.to(device), scheduler, labels)
-            engine.backward(loss)
-            engine.step()
+    # checkpoints and the final model are staged here; gone when the worker ends, failed or not
+    with tempfile.TemporaryDirectory(prefix=f"collapse-train-r{rank}-") as work:
+        # -- resume from the latest committed checkpoint, if any
+        step = 0
+        latest = latest_checkpoint(model_url, so)
+        if latest is not None:
+            local = os.path.join(work, "resume")
+            directories.download_directory(storage.join(model_url, CHECKPOINTS, latest["extra"]["tag"]),
+                                           os.path.join(local, latest["extra"]["tag"]), so)
+            _, client = engine.load_checkpoint(local, tag=latest["extra"]["tag"])
+            step = int(client["step"])
             if ema is not None:
-                ema.update(engine.module)
-            step += 1
-            seen += micro
-            if step == warm_at:
-                t_warm = time.perf_counter()
-            if step == spec.steps:
-                t_end = time.perf_counter()
-            _maybe_fail(step, config.get("fail_at_step"), model_url, so)
-            losses.append(loss.detach())
-            if step % spec.log_every == 0 or step == spec.steps:
-                mean = torch.stack(losses).mean()
-                dist.all_reduce(mean)
-                curve.append((step, float(mean) / world))
-                ray.train.report({"step": step, "loss": curve[-1][1], "lr": lr_sched.get_last_lr()[0],
-                                  "samples_per_s": seen * world / (time.perf_counter() - t0),
-                                  "resumed_from": resumed_from})
-                losses = []
-        _save_checkpoint(engine, step, {"step": step, "ema": ema.state_dict() if ema else None},
-                         model_url, work, rank, so, config["spec_hash"])
+                ema.load_state_dict(client["ema"])
+        resumed_from = step
 
-    # -- the final model, in diffusers format, committed last
-    timeline["steps_done"] = time.time()
-    if rank == 0:
-        final = ema.copy_to(engine.module) if ema is not None else engine.module
-        local = os.path.join(work, "final")
-        diffusion.save_model(final, scheduler, local)
-        directories.upload_directory(local, model_url, extra={"kind": "diffusers-model", "steps": step,
-                                                              "preset": spec.preset, "spec_hash": config["spec_hash"],
-                                                              "loss_curve": curve, "resumed_from": resumed_from,
-                                                              "timeline": timeline,
-                                                              "steps_per_s": (step - warm_at) / (t_end - t_warm)
-                                                              if t_warm and t_end and step > warm_at else None},
-                                     storage_options=so)
-    dist.barrier()
+        # -- train: one data stream per checkpoint interval, seeded by its first step
+        interval = spec.checkpoint_every or spec.steps
+        micro = spec.batch_size // world
+        base_seed = stage_seed(spec.seed, 0, "train")
+        t0, seen, losses, curve = time.perf_counter(), 0, [], []
+        t_end = None
+        warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
+        while step < spec.steps:
+            stream = iter(stream_samples(config["train_url"], rank=rank, world_size=world, seed=base_seed,
+                                         epoch=step, resampled=True, shuffle_buffer=spec.shuffle_buffer,
+                                         storage_options=so))
+            stop = min(spec.steps, (step // interval + 1) * interval)
+            while step < stop:
+                batch = [next(stream) for _ in range(micro)]
+                x0 = diffusion.images_to_tensor([im for im, _ in batch]).to(device)
+                labels = (torch.tensor([m["label"] for _, m in batch], device=device)
+                          if config.get("conditional") else None)
+                gen = torch_generator(int(base_seed + 1_000_003 * step + rank) % 2 ** 63)
+                t, noise = diffusion.draw_timesteps_and_noise(scheduler, x0.shape, gen)
+                loss = diffusion.diffusion_loss(engine, x0, t.to(device), noise.to(device), scheduler, labels)
+                engine.backward(loss)
+                engine.step()
+                if ema is not None:
+                    ema.update(engine.module)
+                step += 1
+                seen += micro
+                if step == warm_at:
+                    t_warm = time.perf_counter()
+                if step == spec.steps:
+                    t_end = time.perf_counter()
+                _maybe_fail(step, config.get("fail_at_step"), model_url, so)
+                losses.append(loss.detach())
+                if step % spec.log_every == 0 or step == spec.steps:
+                    mean = torch.stack(losses).mean()
+                    dist.all_reduce(mean)
+                    curve.append((step, float(mean) / world))
+                    ray.train.report({"step": step, "loss": curve[-1][1], "lr": lr_sched.get_last_lr()[0],
+                                      "samples_per_s": seen * world / (time.perf_counter() - t0),
+                                      "resumed_from": resumed_from})
+                    losses = []
+            _save_checkpoint(engine, step, {"step": step, "ema": ema.state_dict() if ema else None},
+                             model_url, work, rank, so, config["spec_hash"])
+
+        # -- the final model, in diffusers format, committed last
+        timeline["steps_done"] = time.time()
+        if rank == 0:
+            final = ema.copy_to(engine.module) if ema is not None else engine.module
+            local = os.path.join(work, "final")
+            diffusion.save_model(final, scheduler, local)
+            directories.upload_directory(local, model_url, extra={"kind": "diffusers-model", "steps": step,
+                                                                  "preset": spec.preset, "spec_hash": config["spec_hash"],
+                                                                  "loss_curve": curve, "resumed_from": resumed_from,
+                                                                  "timeline": timeline,
+                                                                  "steps_per_s": (step - warm_at) / (t_end - t_warm)
+                                                                  if t_warm and t_end and step > warm_at else None},
+                                         storage_options=so)
+        dist.barrier()
 
 
 def _quiet_reports() -> None:

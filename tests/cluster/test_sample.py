@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cluster.sample import SampleSpec, sample_pool
+from tests.cluster import staging_dirs
 from collapse import diffusion
 from collapse.data import directories, storage
 from collapse.data.samples import open_sample_set
@@ -44,6 +45,7 @@ def _images(url, opts):
 
 def test_one_and_two_actors_give_identical_pools_with_lineage(ray_local, model):
     root, opts = model
+    staged = staging_dirs("collapse-sampler-")
     one = sample_pool(f"{root}/model", f"{root}/pool-1", SPEC, max_actors=1, storage_options=opts, **QUIET)
     two = sample_pool(f"{root}/model", f"{root}/pool-2", SPEC, min_actors=2, max_actors=2, storage_options=opts,
                       **QUIET)
@@ -53,6 +55,7 @@ def test_one_and_two_actors_give_identical_pools_with_lineage(ray_local, model):
     assert len({m["seed"] for m in metas}) == 40
     assert all(m["source"] == "gen-002" and m["model"] == f"{root}/model" for m in metas)
     assert images.std() > 0
+    assert staging_dirs("collapse-sampler-") - staged == set()  # each actor's model copy is gone once loaded
 
 
 def test_images_do_not_depend_on_batch_size_in_batch_invariant_mode(ray_local, model):

@@ -9,6 +9,7 @@ from cluster.train import TrainSpec, latest_checkpoint, train_model
 from collapse.data import directories, storage
 from collapse.data.importers import ingest
 from collapse.errors import DataError
+from tests.cluster import staging_dirs
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
 
@@ -39,10 +40,10 @@ def _built_extensions() -> set:
 @pytest.fixture(scope="module")
 def trained(ray_local, ceph_data):
     root, opts = ceph_data
-    before = _built_extensions()
+    before, staged = _built_extensions(), staging_dirs("collapse-train-")
     manifest = train_model(f"{root}/real/train", f"{root}/model-a", SPEC, num_workers=2, cpus_per_worker=0.5,
                            storage_options=opts, progress=lambda *_: None)
-    return root, opts, manifest, _built_extensions() - before
+    return root, opts, manifest, _built_extensions() - before, staging_dirs("collapse-train-") - staged
 
 
 def _weights(model_url, opts):
@@ -57,8 +58,13 @@ def test_nothing_is_compiled_at_run_time(trained):
     assert trained[3] == set()
 
 
+def test_workers_leave_no_staging_directory_behind(trained):
+    """Each training stages ~23 MB of checkpoints locally; a cluster node runs hundreds of them."""
+    assert trained[4] == set()
+
+
 def test_two_workers_train_and_loss_falls(trained):
-    root, opts, manifest, _ = trained
+    root, opts, manifest, *_ = trained
     curve = manifest["extra"]["loss_curve"]
     assert [s for s, _ in curve] == [4, 8, 12, 16]
     assert curve[-1][1] < 0.6 * curve[0][1], curve
@@ -73,7 +79,7 @@ def test_two_workers_train_and_loss_falls(trained):
 
 def test_final_model_loads_in_a_plain_diffusers_pipeline(trained):
     from diffusers import DDPMPipeline
-    root, opts, _, _ = trained
+    root, opts, *_ = trained
     with tempfile.TemporaryDirectory() as d:
         directories.download_directory(f"{root}/model-a", d, opts)
         pipe = DDPMPipeline.from_pretrained(d)
@@ -82,7 +88,7 @@ def test_final_model_loads_in_a_plain_diffusers_pipeline(trained):
 
 
 def test_a_finished_training_is_skipped_and_a_different_one_refused(trained):
-    root, opts, manifest, _ = trained
+    root, opts, manifest, *_ = trained
     said = []
     again = train_model(f"{root}/real/train", f"{root}/model-a", SPEC, num_workers=2, cpus_per_worker=0.5,
                         storage_options=opts, progress=said.append)
@@ -96,7 +102,7 @@ def test_a_finished_training_is_skipped_and_a_different_one_refused(trained):
 def test_failed_worker_group_resumes_from_checkpoint_and_matches(trained):
     """A worker dies at step 12; Ray Train restarts the group, which resumes from step 8's checkpoint.
     The result equals the uninterrupted run bit for bit (data and noise are keyed by step)."""
-    root, opts, _, _ = trained
+    root, opts, *_ = trained
     manifest = train_model(f"{root}/real/train", f"{root}/model-b", SPEC, num_workers=2, cpus_per_worker=0.5,
                            max_failures=1, fail_at_step=12, storage_options=opts, progress=lambda *_: None)
     assert storage.exists(f"{root}/model-b/failed-at-12", opts)
