@@ -40,13 +40,15 @@ from collapse.selection import select
 class Loop:
     """Runs the stages of one run directory. ``so``: storage options of the run's URL (or None)."""
 
-    def __init__(self, cfg: cf.RunConfig, progress=print):
+    def __init__(self, cfg: cf.RunConfig, progress=print, lease=None):
         self.cfg, self.plan, self.say = cfg, plan(cfg), progress
+        self.lease = lease  # collapse.data.lease.Lease of the driver, checked before every commit (or None)
         self.L = RunLayout(self.plan.root)
         self.so = storage.storage_options_for(self.L.root)
 
     # -- the run: check the config, then every stage in order
     def run(self, extend: bool = False) -> list[dict]:
+        self.guard()
         self.check_config(extend)
         todo = [s for s in self.plan if not self.done(s)]
         if not todo:
@@ -58,15 +60,21 @@ class Loop:
                 t0 = time.perf_counter()
                 getattr(self, "stage_" + stage.name.replace("-", "_"))(stage)
                 wall = time.perf_counter() - t0
+                self.guard()  # a driver that lost its lease commits nothing more
                 mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
                                   "config_hash": stage.config_hash, "wall_s": wall}, self.so)
                 eta.done(stage, wall)
                 left = [s for s in todo if self.plan.stages.index(s) >= i]
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
                          f"{eta.say(left, time.perf_counter() - started)}")
+        self.guard()
         rows = self.write_metrics_log()
         self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
         return rows
+
+    def guard(self) -> None:
+        if self.lease is not None:
+            self.lease.confirm()
 
     def done(self, stage) -> bool:
         rec = mf.try_read_manifest(self.L.stage_record(stage.key), self.so)

@@ -13,6 +13,21 @@ def add_arguments(p) -> None:
     p.add_argument("--extend", action="store_true", help="allow a finished run to continue with more generations")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray (default: the machine's, at least 4)")
+    p.add_argument("--take-over", action="store_true",
+                   help="run even if another driver's lease on the run directory is fresh (it must be gone)")
+    p.add_argument("--lease-ttl", type=_seconds, default=120.0, metavar="SECONDS",
+                   help="a driver's lease is stale after this long without a heartbeat (default 120; beats every 1/4)")
+
+
+def _seconds(v: str) -> float:
+    import argparse
+    try:
+        s = float(v)
+    except ValueError:
+        s = -1.0
+    if not s > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v!r}")
+    return s
 
 
 def main(args) -> int:
@@ -26,14 +41,28 @@ def main(args) -> int:
         print(format_plan(plan(cfg)))
         return 0
     import os
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
-    from cluster.loop import Loop, summary_table
-    from cluster.runtime import connect
-    t0 = time.perf_counter()
-    connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
-    loop = Loop(cfg)
-    rows = loop.run(extend=args.extend)
+
+    from collapse.data import storage
+    from collapse.data.lease import LEASE_SCHEMES, Lease
+    root = plan(cfg).root
+    # one driver per run directory: taken before Ray starts, so that a second driver is refused at once
+    if storage.scheme_of(root) in LEASE_SCHEMES:
+        lease = Lease(root, storage.storage_options_for(root), ttl_s=args.lease_ttl).acquire(args.take_over).start()
+    else:
+        lease = None
+        print(f"warning: no run lease on {storage.scheme_of(root)}:// yet: nothing stops a second driver on {root}")
+    try:
+        if args.address:
+            os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
+        from cluster.loop import Loop, summary_table
+        from cluster.runtime import connect
+        t0 = time.perf_counter()
+        connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
+        loop = Loop(cfg, lease=lease)
+        rows = loop.run(extend=args.extend)
+    finally:
+        if lease is not None:
+            lease.release()
     print(f"\nrun {loop.L.root} finished in {time.perf_counter() - t0:.0f} s; metrics: {loop.L.metrics_log}")
     for space in cfg.metrics.features:
         print(f"\nlast generation, {space} space:\n{summary_table(rows, space)}")

@@ -17,6 +17,7 @@ import pytest
 
 from cluster.reaper import MARKER, alive, descendants, marked_pids
 from collapse.data import manifest as mf
+from collapse.data.lease import Lease
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +99,10 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
                  for pid in left if Path(f"/proc/{pid}").exists()}
         assert not left, f"left running after the driver's SIGKILL: {names}; " \
                          f"{(tmp_path / 'driver.log').read_bytes()[-3000:].decode(errors='replace')}"
+        # the killed driver held the run's lease; a resubmission on this host takes it at once
+        said = []
+        Lease(str(run_dir), say=said.append).acquire().release()
+        assert len(said) == 1 and f"pid {driver.pid}" in said[0] and "its process is gone" in said[0]
     finally:
         if driver.poll() is None:
             driver.kill()
