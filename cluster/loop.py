@@ -30,7 +30,7 @@ from collapse.data import storage
 from collapse.data.importers import ingest, labelled_training_images
 from collapse.data.samples import SampleSet, write_subset
 from collapse.data.urls import RunLayout
-from collapse.errors import ConfigError
+from collapse.errors import ConfigError, DamagedError, find_damage
 from collapse.metrics import generation_metrics
 from collapse.plan import SHARED, plan
 from collapse.report import render_report
@@ -58,11 +58,9 @@ class Loop:
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
                 t0 = time.perf_counter()
-                getattr(self, "stage_" + stage.name.replace("-", "_"))(stage)
+                self.run_stage(stage)
                 wall = time.perf_counter() - t0
-                self.guard()  # a driver that lost its lease commits nothing more
-                mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
-                                  "config_hash": stage.config_hash, "wall_s": wall}, self.so)
+                self.commit(stage, wall)
                 eta.done(stage, wall)
                 left = [s for s in todo if self.plan.stages.index(s) >= i]
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
@@ -71,6 +69,51 @@ class Loop:
         rows = self.write_metrics_log()
         self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
         return rows
+
+    def commit(self, stage, wall: float) -> None:
+        self.guard()  # a driver that lost its lease commits nothing more
+        mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
+                          "config_hash": stage.config_hash, "wall_s": wall}, self.so)
+
+    # -- damaged storage: a stage that finds committed bytes differing from their manifest has
+    #    the stage that wrote them rebuild them (deterministically), then runs again
+    def run_stage(self, stage, depth: int = 0) -> None:
+        for attempt in range(3):
+            try:
+                return getattr(self, "stage_" + stage.name.replace("-", "_"))(stage)
+            except Exception as e:
+                damage = find_damage(e)
+                if damage is None or attempt == 2 or depth > 4:
+                    raise
+                self.rebuild(*damage, reader=stage, depth=depth)
+
+    def producer(self, url: str):
+        """The stage of this plan whose output holds ``url`` (the longest output prefix), or None."""
+        best, length = None, -1
+        for st in self.plan:
+            for out in st.outputs.values():
+                out = out.rstrip("/")
+                if (url == out or url.startswith(out + "/")) and len(out) > length:
+                    best, length = st, len(out)
+        return best
+
+    def rebuild(self, set_url: str, part_url: str, reader, depth: int) -> None:
+        st = self.producer(set_url)
+        if st is None or st is reader:
+            raise DamagedError(part_url, set_url, "no stage of this run writes it, so it cannot be rebuilt: "
+                                                  "restore it from a copy") from None
+        self.say(f"damaged: {part_url} (of {set_url}) differs from its manifest; rebuilding it with {st.key}")
+        self.guard()
+        # un-commit the set first: while it is rebuilt no reader takes it for finished
+        storage.remove(mf.manifest_url(set_url), self.so)
+        storage.remove(part_url, self.so)
+        if part_url.endswith(".tar"):
+            storage.remove(part_url[:-len(".tar")] + ".json", self.so)  # the shard's sidecar: re-make it
+        storage.remove(self.L.stage_record(st.key), self.so, recursive=True)
+        t0 = time.perf_counter()
+        self.run_stage(st, depth + 1)
+        self.commit(st, time.perf_counter() - t0)
+        self.say(f"rebuilt {set_url} with {st.key} in {time.perf_counter() - t0:.1f} s")
 
     def guard(self) -> None:
         if self.lease is not None:

@@ -19,3 +19,33 @@ class NotFinishedError(DataError):
 
 class ConfigError(CollapseError, ValueError):
     """A run config is not valid: the message names the key, what was given and the allowed values."""
+
+
+class DamagedError(DataError):
+    """Committed bytes no longer match their manifest (or are gone): never read as valid.
+
+    The message has the form ``'<part>' of '<set>' is damaged: <why>`` so that :func:`find_damage`
+    recovers both URLs even after the error crossed a process boundary as text (Ray, Ray Train).
+    """
+
+    def __init__(self, part_url: str, set_url: str, why: str):
+        super().__init__(f"{part_url!r} of {set_url!r} is damaged: {why}")
+        self.part_url, self.set_url, self.why = part_url, set_url, why
+
+    def __reduce__(self):
+        return type(self), (self.part_url, self.set_url, self.why)
+
+
+def find_damage(exc: BaseException) -> tuple[str, str] | None:
+    """``(set_url, part_url)`` of the first DamagedError in ``exc``, its causes or its text; else None."""
+    import re
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DamagedError):
+            return e.set_url, e.part_url
+        m = re.search(r"'([^']+)' of '([^']+)' is damaged", str(e))
+        if m:
+            return m.group(2), m.group(1)
+        e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
+    return None

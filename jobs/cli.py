@@ -57,6 +57,20 @@ def cmd_report(args) -> int:
     return report.main(args, _storage_options(args))
 
 
+def cmd_verify(args) -> int:
+    from collapse.data.verify import verify
+    _absolute(args, "url")
+    v = verify(args.url, _storage_options(args))
+    for f in v.findings:
+        print(f.line())
+    state = f"{len(v.findings)} damaged" if v.findings else "all match their manifests"
+    print(f"verify {args.url}: {v.sets} committed sets, {v.parts} shards and files checked; {state}")
+    if v.findings:
+        print("`collapse run` on the run directory rebuilds what its stages wrote (re-samples a pool shard, "
+              "re-copies a training set, retrains a model); a damaged real source must be restored from a copy")
+    return 1 if v.findings else 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (exit 2) like every other failure of the command."""
 
@@ -102,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="render the HTML report of run directories (plots, samples, neighbours)")
     report.add_arguments(rp)
     rp.set_defaults(func=cmd_report)
+
+    ve = sub.add_parser("verify", help="check a committed set, or every set of a run, against its manifests "
+                        "(exit 1 when something is damaged)")
+    ve.add_argument("url", help="a set or a run directory (local path or URL)")
+    ve.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    ve.set_defaults(func=cmd_verify)
     return p
 
 

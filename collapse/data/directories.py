@@ -10,7 +10,7 @@ import os
 
 from collapse.data import manifest as mf
 from collapse.data import storage
-from collapse.errors import DataError
+from collapse.errors import DamagedError
 
 KIND = "directory"
 
@@ -47,9 +47,13 @@ def download_directory(url: str, local_dir: str, storage_options: dict | None = 
     """Download a committed directory into ``local_dir`` (checking every file); returns its manifest."""
     manifest = mf.read_manifest(url, storage_options, kind=KIND)
     for rec in manifest["files"]:
-        data = storage.read_bytes(storage.join(url, rec["name"]), storage_options)
+        part = storage.join(url, rec["name"])
+        try:
+            data = storage.read_bytes(part, storage_options)
+        except FileNotFoundError:
+            raise DamagedError(part, url, "the file listed in its manifest is missing") from None
         if hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            raise DataError(f"{storage.join(url, rec['name'])} differs from its manifest (corrupt or overwritten)")
+            raise DamagedError(part, url, "its sha256 differs from the manifest's (corrupt or overwritten)")
         path = os.path.join(local_dir, *rec["name"].split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:

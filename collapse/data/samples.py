@@ -31,7 +31,7 @@ from PIL import Image
 from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.urls import shard_name
-from collapse.errors import DataError
+from collapse.errors import DamagedError, DataError
 
 KIND = "sample-set"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no dots: WebDataset splits the extension at the first dot
@@ -217,18 +217,23 @@ class SampleSet:
     def shard_urls(self) -> list[str]:
         return [storage.join(self.url, r["name"]) for r in self.shards]
 
-    def read_shard(self, i: int) -> Iterator[Sample]:
-        """Samples of shard ``i`` in order, after checking the shard's bytes against the manifest."""
+    def shard_bytes(self, i: int) -> bytes:
+        """The bytes of shard ``i``, checked against the manifest's sha256 (DamagedError otherwise)."""
         record, url = self.shards[i], self.shard_urls[i]
         try:
             data = storage.read_bytes(url, self.storage_options)
         except FileNotFoundError:
-            raise DataError(f"shard {url!r} listed in the manifest is missing") from None
+            raise DamagedError(url, self.url, "the shard listed in its manifest is missing") from None
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise DataError(f"shard {url!r} is corrupt: its sha256 differs from the manifest's")
-        samples = list(iter_tar_samples(data, url, self.shape))
+            raise DamagedError(url, self.url, "its sha256 differs from the manifest's")
+        return data
+
+    def read_shard(self, i: int) -> Iterator[Sample]:
+        """Samples of shard ``i`` in order, after checking the shard's bytes against the manifest."""
+        record, url = self.shards[i], self.shard_urls[i]
+        samples = list(iter_tar_samples(self.shard_bytes(i), url, self.shape))
         if [s.key for s in samples] != record["keys"]:
-            raise DataError(f"shard {url!r}: its keys differ from the manifest's")
+            raise DamagedError(url, self.url, "its keys differ from the manifest's")
         return iter(samples)
 
     def iter_samples(self, keys: Iterable[str] | None = None) -> Iterator[Sample]:

@@ -13,6 +13,7 @@ from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.samples import open_sample_set
 from collapse.data.urls import RunLayout
+from collapse.plan import SHARED
 from collapse.seeding import sample_seed
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
@@ -204,3 +205,30 @@ def test_one_and_two_sampler_actors_give_the_same_selections(ray_local, ceph_s3,
     Loop(cfg, progress=lambda *_: None).run()
     assert _selections(root, opts) == _selections(root_a, opts)
     _assert_same_metrics(_metrics(root_a, opts), _metrics(root, opts))
+
+
+def test_a_damaged_pool_shard_is_named_by_verify_and_resampled_by_the_next_run(ray_head, ceph_s3, finished_run):
+    """A bit flipped at rest in a committed pool shard: `collapse verify` names it; the resubmitted run
+    finds it when a stage reads it, re-samples that shard from its seeds (bit for bit) and goes on."""
+    from collapse.data.verify import verify
+    root, opts, _ = finished_run
+    want_selections, want_metrics = _selections(root, opts), _metrics(root, opts)
+    shard = storage.join(RunLayout(root).pool(SHARED, 1), "shard-000000.tar")
+    original = storage.read_bytes(shard, opts)
+    damaged = bytearray(original)
+    damaged[700] ^= 0x01
+    storage.write_bytes(shard, bytes(damaged), opts)
+    try:
+        assert [f.part_url for f in verify(root, opts).findings] == [shard]
+        storage.remove(RunLayout(root).stage_record(f"{SHARED}/gen-001/score"), opts, recursive=True)
+        r = _submit(ray_head, ceph_s3, root)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        assert f"damaged: {shard}" in r.stdout and f"rebuilding it with {SHARED}/gen-001/sample" in r.stdout, \
+            r.stdout[-4000:]
+        assert storage.read_bytes(shard, opts) == original
+        assert verify(root, opts).findings == ()
+        assert _selections(root, opts) == want_selections
+        _assert_same_metrics(want_metrics, _metrics(root, opts))
+    finally:  # the module's run stays whole for any test after this one
+        if storage.read_bytes(shard, opts) != original:
+            storage.write_bytes(shard, original, opts)

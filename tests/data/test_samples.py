@@ -104,7 +104,7 @@ def test_corrupt_shard_is_named(tmp_path):
     data[600] ^= 0xFF
     shard.write_bytes(bytes(data))
     s = open_sample_set(url)
-    with pytest.raises(DataError, match="shard-000001.tar.*corrupt"):
+    with pytest.raises(DataError, match="shard-000001.tar.*damaged: its sha256 differs"):
         list(s.iter_samples())
     (tmp_path / "set" / "shard-000002.tar").unlink()
     with pytest.raises(DataError, match="shard-000002.tar.*missing"):
