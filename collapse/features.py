@@ -50,7 +50,8 @@ register = registrar(EXTRACTORS, "feature extractor")
 def get_extractor(name: str, device=None, **options):
     """Build the extractor registered as ``name`` (see the module docstring for the options)."""
     if name not in EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {name!r}; known: {sorted(EXTRACTORS)}")
+        from collapse.errors import ConfigError
+        raise ConfigError(f"unknown feature extractor {name!r}; known: {', '.join(sorted(EXTRACTORS))}")
     return EXTRACTORS[name](device=resolve_device(device), **options)
 
 

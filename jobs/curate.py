@@ -50,8 +50,16 @@ def score(args, storage_options=None) -> int:
     from collapse.entropy import kl_entropy
     from collapse.metrics import space_metrics
     from collapse.novelty import covariance_trace, mean_nn_distance
+    from collapse.errors import DataError
+    from collapse.features import EXTRACTORS, get_extractor
+    for space in args.features or []:
+        if space not in EXTRACTORS:
+            get_extractor(space)  # the error that names the known extractors
     target = SampleSet(args.set, storage_options)
     ref = SampleSet(args.reference, storage_options) if args.reference else None
+    if ref is not None and tuple(ref.shape) != tuple(target.shape):
+        raise DataError(f"--reference {args.reference} holds images of shape {tuple(ref.shape)} and {args.set} of "
+                        f"{tuple(target.shape)}: expected the same image size")
     out = {"set": args.set, "count": target.count, "reference": args.reference, "spaces": {}}
     for space in args.features or ["pixel"]:
         x = set_features(target, space)

@@ -177,7 +177,7 @@ def write_sample_set(set_url: str, samples: Iterable[Sample], *, shard_size: int
     ``resume``, shards a crashed writer completed (same config hash, same keys) are kept.
     """
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise DataError(f"shard size {shard_size}: expected at least 1 sample per shard")
     if mf.try_read_manifest(set_url, storage_options) is not None:
         if not overwrite:
             raise DataError(f"sample set {set_url!r} already exists (pass overwrite=True to replace it)")
