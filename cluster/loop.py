@@ -58,6 +58,7 @@ class Loop:
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
                 t0 = time.perf_counter()
+                self.clear_half_writes(stage)
                 self.run_stage(stage)
                 wall = time.perf_counter() - t0
                 self.commit(stage, wall)
@@ -69,6 +70,15 @@ class Loop:
         rows = self.write_metrics_log()
         self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
         return rows
+
+    def clear_half_writes(self, stage) -> None:
+        """A stage that (re)starts first aborts the multipart uploads a killed run left under its outputs
+        (one driver per run, by the lease: none of them is still being written)."""
+        for out in stage.outputs.values():
+            keys = storage.abort_multipart_uploads(out, self.so)
+            if keys:
+                self.say(f"cleared {len(keys)} unfinished multipart upload(s) under {out}: {', '.join(keys[:3])}"
+                         + (" ..." if len(keys) > 3 else ""))
 
     def commit(self, stage, wall: float) -> None:
         self.guard()  # a driver that lost its lease commits nothing more

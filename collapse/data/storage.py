@@ -146,6 +146,26 @@ def list_names(url: str, storage_options: dict | None = None) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+def abort_multipart_uploads(url: str, storage_options: dict | None = None) -> list[str]:
+    """Abort the unfinished multipart uploads under ``url`` (an object store's invisible half-writes of a
+    killed writer, which it keeps and bills until aborted); returns their keys. Other schemes: nothing."""
+    if scheme_of(url) not in ("s3", "s3a"):
+        return []
+    fs, path = open_fs(url, storage_options)
+    bucket, _, prefix = path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    aborted, kw = [], {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = storage_call(url, "cannot list the uploads of", fs.call_s3, "list_multipart_uploads", **kw)
+        for u in page.get("Uploads", []):
+            storage_call(url, "cannot abort an upload under", fs.call_s3, "abort_multipart_upload",
+                         Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            aborted.append(u["Key"])
+        if not page.get("IsTruncated"):
+            return aborted
+        kw.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+
+
 def register_webdataset_schemes(storage_options: dict | None = None) -> None:
     """Let plain ``webdataset.WebDataset("s3://...")`` read through fsspec in this process.
 

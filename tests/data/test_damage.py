@@ -119,3 +119,26 @@ def test_damage_outside_the_run_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "stage_ingest", source_damaged)
     with pytest.raises(DamagedError, match="their-data/shard-000007.tar.*no stage of this run writes it"):
         loop.run_stage(ingest)
+
+
+@pytest.mark.ceph
+def test_a_restarted_stage_aborts_the_multipart_uploads_left_under_its_outputs(ceph_bucket, monkeypatch):
+    from cluster.loop import Loop
+    from collapse import config as cf
+    endpoint, bucket = ceph_bucket
+    fs = endpoint.filesystem()
+    name = bucket.split("://", 1)[1]
+    run = f"{bucket}/run"
+    for key in ("run/real/train/shard-000000.tar", "run/real/holdout/shard-000001.tar", "elsewhere/big.bin"):
+        up = fs.call_s3("create_multipart_upload", Bucket=name, Key=key)  # a writer killed mid-upload
+        fs.call_s3("upload_part", Bucket=name, Key=key, UploadId=up["UploadId"], PartNumber=1, Body=b"x" * 1024)
+    for k, v in (("AWS_ENDPOINT_URL", endpoint.endpoint_url), ("AWS_ACCESS_KEY_ID", endpoint.key),
+                 ("AWS_SECRET_ACCESS_KEY", endpoint.secret)):
+        monkeypatch.setenv(k, v)
+    said = []
+    loop = Loop(cf.load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
+    loop.clear_half_writes(next(s for s in loop.plan if s.key == "ingest"))
+    left = sorted(u["Key"] for u in fs.call_s3("list_multipart_uploads", Bucket=name).get("Uploads", []))
+    assert left == ["elsewhere/big.bin"]  # only what lay under the stage's outputs
+    assert sorted(said) == [f"cleared 1 unfinished multipart upload(s) under {run}/real/{split}: "
+                            f"run/real/{split}/shard-00000{i}.tar" for split, i in (("holdout", 1), ("train", 0))]
