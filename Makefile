@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.collapse-installed
 
-.PHONY: demo demo-quick test setup system bench
+.PHONY: demo demo-quick test faults setup system bench
 
 # The main job on the embedded default: a local Ray on 127.0.0.1, a local run directory, and
 # Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden.
@@ -21,6 +21,13 @@ demo-quick: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fault matrix (faults/test_faults.py): real runs of the tiny preset on the local Ceph gateway with
+# a fault injected into each, compared with an undisturbed run; prints the table. ~30 min on 2 cores.
+# Its fast cases (lease, damaged shard, bad input) are in `make test`. The full-disk row mounts a tmpfs
+# (root).
+faults: setup
+	$(PY) -m pytest -q faults $(PYTEST_ARGS)
 
 setup: $(STAMP) system
 

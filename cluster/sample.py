@@ -37,21 +37,26 @@ class Sampler:
 
     def __init__(self, model_url: str, pool_url: str, spec: dict, config_hash: str, storage_options=None,
                  threads: int = 1):
+        import errno
         import shutil
         import tempfile
 
         import torch
 
         from collapse import diffusion
-        from collapse.data import directories
+        from collapse.data import directories, storage
         torch.set_num_threads(threads)
         self.spec, self.pool_url, self.model_url = SampleSpec(**spec), pool_url, model_url
         self.config_hash, self.so = config_hash, storage_options
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        local = tempfile.mkdtemp(prefix="collapse-sampler-")
+        local = tempfile.mkdtemp(prefix="collapse-sampler-", dir=storage.spool_dir())
         try:
             directories.download_directory(model_url, local, storage_options)
             self.unet, self.scheduler = diffusion.load_model(local)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise storage.full_spool(e, f"loading {model_url} into a sampler") from e
+            raise
         finally:
             shutil.rmtree(local, ignore_errors=True)  # the weights are in memory now; /tmp keeps nothing
         self.unet.to(self.device).eval()

@@ -13,6 +13,7 @@ by ``(seed, step, rank)``, so a resumed run takes the same steps as an uninterru
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -118,7 +119,8 @@ def train_loop_per_worker(config: dict) -> None:
     timeline["initialized"] = time.time()        # imports, process group, model, DeepSpeed engine
 
     # checkpoints and the final model are staged here; gone when the worker ends, failed or not
-    with tempfile.TemporaryDirectory(prefix=f"collapse-train-r{rank}-") as work:
+    with tempfile.TemporaryDirectory(prefix=f"collapse-train-r{rank}-", dir=storage.spool_dir()) as work, \
+            _spool_errors(f"training {model_url} (rank {rank})"):
         # -- resume from the latest committed checkpoint, if any
         step = 0
         latest = latest_checkpoint(model_url, so)
@@ -189,6 +191,17 @@ def train_loop_per_worker(config: dict) -> None:
                                                                   if t_warm and t_end and step > warm_at else None},
                                          storage_options=so)
         dist.barrier()
+
+
+@contextlib.contextmanager
+def _spool_errors(what: str):
+    import errno
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise storage.full_spool(e, what) from e
+        raise
 
 
 def _quiet_reports() -> None:

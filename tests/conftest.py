@@ -68,7 +68,11 @@ def ceph_s3(tmp_path_factory) -> S3Endpoint:
                     "(Debian packages radosgw ceph-mon ceph-osd ceph-common)", pytrace=False)
 
     state_dir = tmp_path_factory.mktemp("ceph")
-    proc = _local_s3("start", state_dir, env={"COLLAPSE_S3_PORT": str(_free_port())})
+    # keys no file would hold by chance, so that a test can grep for them (see test_loop's leak test)
+    token = uuid.uuid4().hex
+    proc = _local_s3("start", state_dir, env={"COLLAPSE_S3_PORT": str(_free_port()),
+                                              "COLLAPSE_S3_ACCESS_KEY": f"AKTEST{token[:14].upper()}",
+                                              "COLLAPSE_S3_SECRET_KEY": f"sktest-{token[14:]}"})
     if proc.returncode != 0:
         _local_s3("stop", state_dir, timeout=120)
         pytest.fail(f"infra/ceph/local-s3.sh start {state_dir} failed "

@@ -146,6 +146,24 @@ def list_names(url: str, storage_options: dict | None = None) -> list[str]:
     return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+SPOOL_ENV = "COLLAPSE_SPOOL"
+
+
+def spool_dir() -> str:
+    """The local directory where workers stage files before upload (checkpoints, models): $COLLAPSE_SPOOL,
+    else the temp dir. Point it at a node's large local disk; it must be set where the workers run."""
+    import tempfile
+    d = os.environ.get(SPOOL_ENV) or tempfile.gettempdir()
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def full_spool(e: OSError, what: str) -> StorageError:
+    """The error of a full local spool, naming it and what to do."""
+    return StorageError(f"{what}: the local spool {spool_dir()} is full (No space left on device); free space "
+                        f"there or set {SPOOL_ENV} to a larger local disk on every node")
+
+
 def abort_multipart_uploads(url: str, storage_options: dict | None = None) -> list[str]:
     """Abort the unfinished multipart uploads under ``url`` (an object store's invisible half-writes of a
     killed writer, which it keeps and bills until aborted); returns their keys. Other schemes: nothing."""

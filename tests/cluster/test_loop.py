@@ -232,3 +232,19 @@ def test_a_damaged_pool_shard_is_named_by_verify_and_resampled_by_the_next_run(r
     finally:  # the module's run stays whole for any test after this one
         if storage.read_bytes(shard, opts) != original:
             storage.write_bytes(shard, original, opts)
+
+
+def test_no_credential_reaches_the_run_dir_the_report_or_the_logs(ray_head, ceph_s3, finished_run):
+    """The job got its keys through the runtime env; none of them may be written anywhere we write."""
+    root, opts, job_output = finished_run
+    secrets = [s.encode() for s in (ceph_s3.key, ceph_s3.secret)]
+    assert all(len(s) >= 12 for s in secrets), "the test store's keys must be distinctive to grep for"
+    fs = ceph_s3.filesystem()
+    objects = fs.find(root.split("://", 1)[1])
+    assert any(o.endswith("report/index.html") for o in objects) and len(objects) > 50
+    logs = {"job output": job_output.encode()}
+    if ray_head.state_dir is not None:  # the driver's log files on the head, as Ray keeps them
+        logs.update({str(p): p.read_bytes() for p in pathlib.Path(ray_head.state_dir).rglob("job-driver-*.log")})
+    leaked = [o for o in objects if any(s in fs.cat_file(o) for s in secrets)]
+    leaked += [name for name, data in logs.items() if any(s in data for s in secrets)]
+    assert leaked == []
