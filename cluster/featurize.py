@@ -49,7 +49,8 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     """Features (N, d) of the set at ``set_url`` in its key order, computed once and stored beside it.
     ``options``: the extractor's (collapse.features), e.g. the classifier's ``url``."""
     sample_set = SampleSet(set_url, storage_options)
-    if has_features(sample_set, extractor):
+    identity = extractor_identity(options, storage_options)
+    if has_features(sample_set, extractor, identity):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
     if extractor in IN_DRIVER:
@@ -61,8 +62,25 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
                            storage_options, options)
     keys = [r["key"] for r in rows]
     values = np.stack([np.asarray(r["features"], dtype=np.float32) for r in rows])
-    save_features(sample_set, extractor, keys, values)
+    save_features(sample_set, extractor, keys, values, identity)
     return load_features(sample_set, extractor)
+
+
+def extractor_identity(options: dict | None, storage_options: dict | None = None) -> str:
+    """What stored features depend on besides the set: the extractor's options and, for one whose
+    weights live in a committed directory (the run's classifier, option ``url``), that directory's
+    manifest (every file's sha256). A retrained classifier so never reuses the old one's features."""
+    import hashlib
+
+    from collapse.data import manifest as mf
+    options = {k: v for k, v in (options or {}).items() if k != "storage_options"}  # credentials: not hashed
+    if not options:
+        return ""
+    parts = {"options": options}
+    if options.get("url"):
+        m = mf.read_manifest(options["url"], storage_options)
+        parts["weights"] = m.get("files") or m.get("sha256")
+    return hashlib.sha256(mf.canonical_json(parts).encode()).hexdigest()[:16]
 
 
 def _rows(batch: dict) -> list[dict]:

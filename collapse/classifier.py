@@ -239,12 +239,16 @@ def load_classifier(url: str, storage_options=None) -> "Classifier":
     import hashlib
 
     from collapse.data import storage
-    from collapse.errors import DataError
+    from collapse.errors import DamagedError, DataError
     record = read_classifier_record(url, storage_options)
     if not record["labelled"]:
         raise DataError(f"{url}: the run's source has no labels, so it has no classifier (and no 'classifier' "
                         "feature space); use another space, e.g. effnet-lite0")
-    data = storage.read_bytes(storage.join(url, WEIGHTS), storage_options)
+    part = storage.join(url, WEIGHTS)
+    try:
+        data = storage.read_bytes(part, storage_options)
+    except FileNotFoundError:
+        raise DamagedError(part, url, "the weights listed in its manifest are missing") from None
     if hashlib.sha256(data).hexdigest() != record["sha256"]:
-        raise DataError(f"{storage.join(url, WEIGHTS)}: its sha256 does not match its manifest (damaged)")
+        raise DamagedError(part, url, "its sha256 differs from the manifest's")
     return Classifier.from_bytes(data)

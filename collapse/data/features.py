@@ -24,8 +24,10 @@ def _set_fingerprint(sample_set: SampleSet) -> str:
     return hashlib.sha256(mf.canonical_json(sample_set.manifest).encode()).hexdigest()[:16]
 
 
-def save_features(sample_set: SampleSet, extractor: str, keys: list[str], values: np.ndarray) -> str:
-    """Store ``values`` (N, d) for ``keys`` (must be the set's keys, in any order); returns the URL."""
+def save_features(sample_set: SampleSet, extractor: str, keys: list[str], values: np.ndarray,
+                  identity: str = "") -> str:
+    """Store ``values`` (N, d) for ``keys`` (must be the set's keys, in any order); returns the URL.
+    ``identity``: what else the features depend on (a learned extractor's weights), checked on reuse."""
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2 or values.shape[0] != len(keys):
         raise DataError(f"features for {len(keys)} keys must be (N, d), got {values.shape}")
@@ -40,13 +42,14 @@ def save_features(sample_set: SampleSet, extractor: str, keys: list[str], values
     np.save(buf, ordered, allow_pickle=False)
     storage.write_bytes(storage.join(url, "features.npy"), buf.getvalue(), sample_set.storage_options)
     mf.write_manifest(url, {"kind": KIND, "extractor": extractor, "count": len(keys), "dim": int(values.shape[1]),
-                            "set": _set_fingerprint(sample_set)}, sample_set.storage_options)
+                            "set": _set_fingerprint(sample_set), "identity": identity}, sample_set.storage_options)
     return url
 
 
-def has_features(sample_set: SampleSet, extractor: str) -> bool:
+def has_features(sample_set: SampleSet, extractor: str, identity: str = "") -> bool:
+    """Stored features of this version of the set, by an extractor of the same ``identity``."""
     m = mf.try_read_manifest(features_url(sample_set.url, extractor), sample_set.storage_options)
-    return m is not None and m.get("set") == _set_fingerprint(sample_set)
+    return m is not None and m.get("set") == _set_fingerprint(sample_set) and m.get("identity", "") == identity
 
 
 def load_features(sample_set: SampleSet, extractor: str, keys: list[str] | None = None) -> np.ndarray:

@@ -54,6 +54,13 @@ def verify_set(url: str, storage_options: dict | None = None) -> tuple[int, list
             if hashlib.sha256(data).hexdigest() != rec["sha256"]:
                 found.append(Finding(url, part, "its sha256 differs from the manifest's"))
         return len(m["files"]), found
+    if kind == "classifier" and m.get("labelled"):
+        from collapse.classifier import load_classifier
+        try:
+            load_classifier(url, storage_options)
+        except DamagedError as e:
+            found.append(Finding(e.set_url, e.part_url, e.why))
+        return 1, found
     return 0, found
 
 
