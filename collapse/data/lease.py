@@ -201,6 +201,7 @@ class Lease:
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the heartbeat and a commit's confirm() must not race each other
 
     # -- acquisition
     def acquire(self, take_over: bool = False) -> "Lease":
@@ -252,18 +253,19 @@ class Lease:
 
     # -- heartbeat
     def renew(self) -> None:
-        if self.lost:
-            return
-        now = self.clock()
-        me = self._stamped(now)
-        try:
-            self.version = self.store.write(me.to_bytes(), self.version)
-            self.me, self.renewed_at = me, now
-        except _Conflict:
-            data, _ = self.store.read()
-            other = Holder.parse(data) if data is not None else None
-            self.lost = (f"the lease {self.url} was taken over by {other.describe(now)}" if other else
-                         f"the lease {self.url} was removed")
+        with self._lock:
+            if self.lost:
+                return
+            now = self.clock()
+            me = self._stamped(now)
+            try:
+                self.version = self.store.write(me.to_bytes(), self.version)
+                self.me, self.renewed_at = me, now
+            except _Conflict:
+                data, _ = self.store.read()
+                other = Holder.parse(data) if data is not None else None
+                self.lost = (f"the lease {self.url} was taken over by {other.describe(now)}" if other else
+                             f"the lease {self.url} was removed")
 
     def check(self) -> None:
         """Raise LeaseLostError unless this driver still holds the lease (call before each commit)."""
@@ -307,10 +309,11 @@ class Lease:
         if self.lost or self.version is None:
             return
         done = Holder(self.me.id, self.me.host, self.me.pid, self.me.started_at, self.clock(), self.ttl_s, True)
-        try:
-            self.version = self.store.write(done.to_bytes(), self.version)
-        except _Conflict:
-            pass  # taken over meanwhile: the new holder's lease stays
+        with self._lock:
+            try:
+                self.version = self.store.write(done.to_bytes(), self.version)
+            except _Conflict:
+                pass  # taken over meanwhile: the new holder's lease stays
 
     def __enter__(self):
         return self

@@ -222,3 +222,11 @@ def test_a_loop_whose_lease_is_taken_mid_stage_commits_nothing_more(tmp_path, mo
     with pytest.raises(LeaseLostError, match="taken over"):
         loop.run()
     assert not (tmp_path / "run" / "stages").exists()  # the stage's record was never committed
+
+
+def test_the_heartbeat_and_commits_renewing_at_once_never_lose_the_lease(tmp_path):
+    lease = _lease(str(tmp_path / "run"), clock=time.time).acquire().start(interval_s=0.001)
+    for _ in range(300):  # a commit's confirm() while the heartbeat thread beats
+        lease.confirm()
+    lease.release()
+    assert lease.lost is None
