@@ -195,11 +195,15 @@ def train_loop_per_worker(config: dict) -> None:
 
 @contextlib.contextmanager
 def _spool_errors(what: str):
+    """A full local spool, named. torch.save reports it as a RuntimeError of its zip writer
+    ("unexpected pos ..."), not as ENOSPC, so a failure on a spool left with < 16 MB counts too."""
     import errno
+    import shutil
     try:
         yield
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
+    except Exception as e:
+        enospc = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        if enospc or shutil.disk_usage(storage.spool_dir()).free < 16 * 2 ** 20:
             raise storage.full_spool(e, what) from e
         raise
 

@@ -138,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - never a traceback; COLLAPSE_DEBUG=1 shows it
         if os.environ.get("COLLAPSE_DEBUG"):
             raise
+        line = _one_line(e)
+        if "collapse.errors." in line.rsplit(" ... ", 1)[-1]:  # one of ours, raised in a worker or an actor
+            print(f"collapse {args.command}: error: {line}", file=sys.stderr)
+            return 2
         where = _origin(e)
-        print(f"collapse {args.command}: error: {type(e).__name__}: {_one_line(e)}{where} "
+        print(f"collapse {args.command}: error: {type(e).__name__}: {line}{where} "
               "(an unexpected failure: rerun with COLLAPSE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 

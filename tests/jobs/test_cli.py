@@ -137,3 +137,15 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--dry-run",
                         "--run-dir", "rel/run"], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert f"run_dir: {tmp_path}/rel/run" in r.stdout
+
+
+def test_one_of_our_errors_raised_in_a_worker_is_not_called_unexpected(monkeypatch, capsys):
+    import jobs.cli
+
+    def fails(args):  # as Ray Train hands over a worker's StorageError
+        raise RuntimeError("Training failed due to worker errors:\nTraceback (most recent call last):\n  File "
+                           "\"train.py\", line 9\ncollapse.errors.StorageError: the local spool /x is full\n")
+    monkeypatch.setattr(jobs.cli, "cmd_verify", fails)
+    code, _, err = _run_cli(capsys, "verify", "somewhere")
+    _one_line_error(code, err, "collapse.errors.StorageError: the local spool /x is full")
+    assert "unexpected" not in err
