@@ -173,28 +173,28 @@ def test_two_drivers_on_one_run_directory(store, reference):
     row("two drivers", 1, 1, reference, root, opts, note=f"the second driver was told: {message}")
 
 
-def test_a_sampler_actor_killed_mid_stage(store, reference):
+def _kill_a_ray_process(store, reference, name: str, process: bytes, settle: float, how_many: int | None):
+    """Start a run, SIGKILL its Ray processes whose title holds ``process`` once they are ``settle`` s
+    old (the first ``how_many`` of them, or all), resubmit until it completes, compare."""
     endpoint, bucket, opts, logs = store
-    root, log = f"{bucket}/sampler-kill", logs / "sampler-kill.log"
+    slug = name.replace(" ", "-")
+    root, log = f"{bucket}/{slug}", logs / f"{slug}.log"
     d = Driver(endpoint, root, log)
-    _wait_for(lambda: d.ray_pids(b"Sampler"), "a sampler actor", d, every=0.1)
-    for pid in d.ray_pids(b"Sampler"):
-        os.kill(pid, signal.SIGKILL)
-    runs = 1 if d.wait() == 0 else 1 + _finish(endpoint, root, log)
-    row("sampler actor SIGKILL", 1, 1, reference, root, opts, note=f"completed in {runs} run(s)")
-
-
-def test_a_training_worker_killed_mid_stage(store, reference):
-    endpoint, bucket, opts, logs = store
-    root, log = f"{bucket}/train-worker-kill", logs / "train-worker-kill.log"
-    d = Driver(endpoint, root, log)
-    _wait_for(lambda: d.ray_pids(b"RayTrainWorker"), "a training worker", d, every=0.1)
-    time.sleep(2.0)  # into its steps
-    victims = d.ray_pids(b"RayTrainWorker")[:1]
+    _wait_for(lambda: d.ray_pids(process), f"a {process.decode()} process", d, every=0.1)
+    time.sleep(settle)
+    victims = d.ray_pids(process)[:how_many]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     runs = 1 if d.wait() == 0 else 1 + _finish(endpoint, root, log)
-    row("training worker SIGKILL", len(victims), 1, reference, root, opts, note=f"completed in {runs} run(s)")
+    row(f"{name} SIGKILL", len(victims), 1, reference, root, opts, note=f"completed in {runs} run(s)")
+
+
+def test_a_sampler_actor_killed_mid_stage(store, reference):
+    _kill_a_ray_process(store, reference, "sampler actor", b"Sampler", settle=0.0, how_many=None)
+
+
+def test_a_training_worker_killed_mid_stage(store, reference):
+    _kill_a_ray_process(store, reference, "training worker", b"RayTrainWorker", settle=2.0, how_many=1)
 
 
 def test_the_gateway_restarted_mid_write_of_a_pool(store, reference):
