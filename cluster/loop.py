@@ -32,6 +32,7 @@ from collapse.data.samples import SampleSet, write_subset
 from collapse.data.urls import RunLayout
 from collapse.errors import ConfigError, DamagedError, find_damage
 from collapse.metrics import generation_metrics
+from collapse.novelty import real_copy_radius
 from collapse.plan import SHARED, plan
 from collapse.report import render_report
 from collapse.selection import select
@@ -211,8 +212,9 @@ class Loop:
             feats["train"][e] = self.featurize(train.url, e, st.resources)
             feats["generated"][e] = self.featurize(pool.url, e, st.resources)[:len(scored)]
             feats["holdout"][e] = self.featurize(hold.url, e, st.resources)
+        rho = {e: real_copy_radius(self.featurize(st.inputs["real_train_set"], e, st.resources)) for e in spaces}
         figures = generation_metrics(feats["train"], feats["generated"], feats["holdout"], prdc_k=m["prdc_k"],
-                                     seed=self.cfg.run.seed)
+                                     seed=self.cfg.run.seed, copy_radius=rho)
         quality = self.sample_quality(st, pool, scored)
         real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
         times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation
@@ -349,8 +351,9 @@ def summary_table(rows: list[dict], space: str = "pixel") -> str:
     for r in rows:
         if r["strategy"] not in last or r["generation"] > last[r["strategy"]]["generation"]:
             last[r["strategy"]] = r
-    cols = ("entropy", "gs", "memorization", "fd", "precision", "recall")
-    out = [f"{'strategy':<12} {'gen':>3} " + " ".join(f"{c:>12}" for c in cols) + f" {'real share':>10}"]
+    cols = ("entropy", "gs", "memorization", "memorization_real_scale", "fd", "precision", "recall")
+    heads = {"memorization": "mem d1/d2", "memorization_real_scale": "mem d1<rho"}
+    out = [f"{'strategy':<12} {'gen':>3} " + " ".join(f"{heads.get(c, c):>12}" for c in cols) + f" {'real share':>10}"]
     for name, r in last.items():
         f = r["spaces"].get(space, {})
         out.append(f"{name:<12} {r['generation']:>3} " + " ".join(f"{f.get(c, float('nan')):>12.4g}" for c in cols)

@@ -9,6 +9,11 @@ Per feature space (SCIENCE.md, "Definitions"):
                        as unseen real images do, >> 1 for off-manifold samples (noise), -> 0 for copies;
                        the sample-quality figure that needs no labels
     memorization       share of generated samples that copy a training image (d1/d2 < 1/3)
+    memorization_real_scale   share of generated samples within rho of a training image, rho = 1/3 of
+                       the median nearest-neighbour distance between real training images (D_1): the
+                       copy test that near-duplicates inside a synthetic D_n do not defeat
+                       (collapse.novelty; given when ``copy_radius`` is)
+    duplicate_share    share of D_n with another image of D_n within rho (copies inside D_n)
     mean_nn_distance   mean nearest-neighbour distance inside D_n
     covariance_trace   Tr Cov(D_n) (falls slowly: collapse is not variance shrinkage)
     fd, kid, kid_std   Frechet distance and KID of the generated samples against held-out real data
@@ -21,13 +26,15 @@ from typing import Mapping
 import numpy as np
 
 from collapse.entropy import kl_entropy
-from collapse.novelty import covariance_trace, generalization_score, mean_nn_distance, memorization_fraction
+from collapse.novelty import (covariance_trace, duplicate_share, generalization_score, mean_nn_distance,
+                              memorization_fraction, memorization_within)
 from collapse.quality import frechet_distance, kid, prdc
 
 
 def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray, *, prdc_k: int = 5,
-                  seed: int = 0) -> dict:
-    """The figures of one feature space. train (N, d), generated (M, d), holdout (R, d)."""
+                  seed: int = 0, copy_radius: float | None = None) -> dict:
+    """The figures of one feature space. train (N, d), generated (M, d), holdout (R, d); copy_radius:
+    rho of this space (collapse.novelty.real_copy_radius of D_1), for the fixed-scale copy figures."""
     kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=min(1000, len(generated), len(holdout)),
                             seed=seed)
     quality = prdc(holdout, generated, k=prdc_k)
@@ -38,14 +45,23 @@ def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray,
             "mean_nn_distance": mean_nn_distance(train), "covariance_trace": covariance_trace(train),
             "fd": frechet_distance(generated, holdout), "kid": kid_mean, "kid_std": kid_std,
             "precision": quality.precision, "recall": quality.recall, "density": quality.density,
-            "coverage": quality.coverage}
+            "coverage": quality.coverage,
+            **({} if copy_radius is None else {
+                "copy_radius": float(copy_radius),
+                "memorization_real_scale": memorization_within(generated, train, copy_radius),
+                "duplicate_share": duplicate_share(train, copy_radius)})}
 
 
 def generation_metrics(train: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray],
-                       holdout: Mapping[str, np.ndarray], *, prdc_k: int = 5, seed: int = 0) -> dict:
-    """``{space: space_metrics(...)}`` for every feature space given (the same spaces in all three)."""
+                       holdout: Mapping[str, np.ndarray], *, prdc_k: int = 5, seed: int = 0,
+                       copy_radius: Mapping[str, float] | None = None) -> dict:
+    """``{space: space_metrics(...)}`` for every feature space given (the same spaces in all three);
+    ``copy_radius``: rho per space (all of them, or None)."""
     if not (set(train) == set(generated) == set(holdout)):
         raise ValueError(f"feature spaces differ: train {sorted(train)}, generated {sorted(generated)}, "
                          f"holdout {sorted(holdout)}")
-    return {space: space_metrics(train[space], generated[space], holdout[space], prdc_k=prdc_k, seed=seed)
+    if copy_radius is not None and set(copy_radius) != set(train):
+        raise ValueError(f"copy radii are for {sorted(copy_radius)}, the features for {sorted(train)}")
+    return {space: space_metrics(train[space], generated[space], holdout[space], prdc_k=prdc_k, seed=seed,
+                                 copy_radius=None if copy_radius is None else copy_radius[space])
             for space in sorted(train)}

@@ -182,12 +182,16 @@ class _Builder:
         f = self.add("featurize", o, n, [sm] + self.real_after[1:], {"pool": L.pool(o, n)},
                      {e: features_url(L.pool(o, n), e) for e in ex}, {"images": count}, self.res("featurize"),
                      {"extractors": ex})
-        self.add("score", o, n, [f, made_by, "featurize-real"] + self.real_after[1:],
+        d1 = f"{SHARED}/gen-001/train-set"  # D_1 (real) sets the copy radius rho of every generation
+        after = [f, made_by, *([d1] if made_by != d1 else []), "featurize-real"] + self.real_after[1:]
+        self.add("score", o, n, after,
                  {"train_set": L.train_set(o, n), "pool": L.pool(o, n), "holdout": L.real("holdout"),
+                  "real_train_set": L.train_set(SHARED, 1),
                   **({"classifier": L.classifier} if c.metrics.classifier_images else {})},
                  {"metrics": L.metrics(o, n)},
                  {"train_set": size, "generated": c.metrics.gs_samples, "holdout": c.data.holdout},
-                 self.res("score"), dataclasses.asdict(c.metrics))
+                 self.res("score"), {**dataclasses.asdict(c.metrics),
+                                     "copy_radius": "1/3 of the median nearest-neighbour distance in D_1"})
 
     def train_size(self, s: Strategy | None, n: int) -> int:
         if s is None:

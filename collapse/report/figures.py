@@ -39,6 +39,13 @@ METRICS = (
            "Mean distance from a generated sample to its nearest image of D_n: high = novel, 0 = copies."),
     Metric("memorization", "Memorization (d1/d2 < 1/3)", "memorized", "fraction",
            "Share of generated samples much closer to one image of D_n than to the next (d1/d2 < 1/3)."),
+    Metric("memorization_real_scale", "Memorization at the real data's scale (d1 < rho)", "memorized (rho)",
+           "fraction",
+           "Share of generated samples closer to an image of D_n than rho, a third of the median nearest-neighbour "
+           "distance between real training images: near-copies inside a synthetic D_n do not hide a copy here."),
+    Metric("duplicate_share", "Near-duplicates inside D_n", "duplicates in D_n", "fraction",
+           "Share of D_n with another image of D_n closer than rho: what a memorizing model feeds forward "
+           "(and why d1/d2 stops counting copies)."),
     Metric("manifold_ratio", "On-manifold ratio", "GS / GS(real held-out)", "ratio",
            "GS of the samples over the mean distance from held-out real images to D_n: ~1 on the data's "
            "manifold, >> 1 off it (noise), -> 0 for copies. Needs no labels."),
@@ -74,7 +81,8 @@ QUALITY_METRICS = (
     Metric("quality.rejected", "Samples classified as no class", "rejected", "fraction",
            "Share of samples the classifier puts in its 'no class' label (noise-like images).", True),
 )
-TABLE_KEYS = ("entropy", "gs", "memorization", "manifold_ratio", "fd", "precision", "recall")
+TABLE_KEYS = ("entropy", "gs", "memorization", "memorization_real_scale", "manifold_ratio", "fd", "precision",
+              "recall")
 
 
 def space_scale(space: str) -> str:

@@ -231,7 +231,10 @@ def samples(runs: list[Run], files: dict) -> str:
            f"the first {GRID_SAMPLES} generated samples of P_n (the scored ones come first), and beside them the two "
            f"samples closest to a training image of D_n and two typical ones (median distance) among the first "
            f"{NEIGHBOUR_QUERY}, each with its 3 nearest images of D_n and their L2 distances in pixel space "
-           "(values 0-255). <span class='copy'>copy?</span> marks d1/d2 &lt; 1/3, the memorization test.</p>"]
+           "(values 0-255). <span class='copy'>copy?</span> marks d1/d2 &lt; 1/3, the memorization test; "
+           "<span class='copy'>d1 &lt; rho</span> marks a sample closer to D_n than a third of the median "
+           "nearest-neighbour distance between real training images (the test near-duplicates in D_n do not "
+           "defeat).</p>"]
     for i, run in enumerate(runs):
         prefix = f"grids/run{i + 1}-"
         out.append(f"<h3>{H.esc(run.label)}</h3>" + _real_card(run, prefix, files))
@@ -260,8 +263,9 @@ def _generation_card(run: Run, g: Generation, prefix: str, files: dict) -> str:
     stem = f"{prefix}{g.owner}-gen-{g.generation:03d}"
     files[stem + "-samples.png"] = mosaic(imgs[:GRID_SAMPLES])
     who = "shared (all strategies)" if g.owner == SHARED else g.owner
-    q = next(((r.get("quality") or {}) for r in run.rows if r["generation"] == g.generation
-              and (SHARED if r.get("shared") else r["strategy"]) == g.owner), {})
+    row = next((r for r in run.rows if r["generation"] == g.generation
+                and (SHARED if r.get("shared") else r["strategy"]) == g.owner), {})
+    q, rho = row.get("quality") or {}, ((row.get("spaces") or {}).get("pixel") or {}).get("copy_radius")
     html = [f"<div class='card'><b>{H.esc(who)}</b>: P_{g.generation}, {g.pool.count} generated",
             H.image(stem + "-samples.png", f"samples of {who}, generation {g.generation}")]
     if q.get("confidence") is not None:
@@ -275,7 +279,8 @@ def _generation_card(run: Run, g: Generation, prefix: str, files: dict) -> str:
         files[stem + "-neighbours.png"] = neighbours_plot(imgs[list(ev.rows)], timgs[ev.neighbours], ev.distances,
                                                           list(ev.labels), ev.copies)
         rows = [[H.esc(keys[q]), H.esc(tkeys[ev.neighbours[j, 0]]), H.num(float(ev.distances[j, 0])),
-                 H.num(float(ev.ratio[j]), 2) + (" <span class='copy'>copy?</span>" if ev.copies[j] else "")]
+                 H.num(float(ev.ratio[j]), 2) + (" <span class='copy'>copy?</span>" if ev.copies[j] else "")
+                 + (" <span class='copy'>d1 &lt; rho</span>" if rho and ev.distances[j, 0] < rho else "")]
                 for j, q in enumerate(ev.rows)]
         html += [H.image(stem + "-neighbours.png", f"nearest training images, {who}, generation {g.generation}"),
                  "<div class='small'>" + H.table(["sample", "nearest in D_n", "d1", "d1/d2"], rows, 2) + "</div>"]

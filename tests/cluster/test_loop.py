@@ -61,7 +61,7 @@ def _metrics(root, opts):
 # the figure is computed (collapse/knn.py, collapse/quality.py) with eps = 2.2e-16, d = 256 pixels on
 # the 0-255 scale and n rows per set:
 #   counts (memorization, precision, recall, density, coverage): exact, so equal;
-#   distance figures (gs, holdout_gs, mean_nn_distance): float64 distances recomputed from the rows,
+#   distance figures (gs, holdout_gs, mean_nn_distance, copy_radius): float64 distances recomputed from the rows,
 #       d eps relative; manifold_ratio = gs / holdout_gs, twice that;
 #   entropy, pool_entropy = const + (d / N) sum log r_i: r_i to d eps relative, so d * d eps in nats;
 #   covariance_trace: a sum of n d squares, (n + d) eps relative;
@@ -71,14 +71,14 @@ def _metrics(root, opts):
 #       MMD adds 4 such means: 12 d eps (255^2 + 1)^3.
 # A factor 4 on each covers the constants the estimates leave out.
 EPS, D_PIXEL, PIXEL_MAX = np.finfo(np.float64).eps, 16 * 16, 255.0
-COUNTS = ("memorization", "precision", "recall", "density", "coverage")
+COUNTS = ("memorization", "memorization_real_scale", "duplicate_share", "precision", "recall", "density", "coverage")
 
 
 def _tolerance(figure: str, value: float, n: int) -> float:
     d = D_PIXEL
     if figure in COUNTS:
         return 0.0
-    if figure in ("gs", "holdout_gs", "mean_nn_distance"):
+    if figure in ("gs", "holdout_gs", "mean_nn_distance", "copy_radius"):
         return 4 * d * EPS * abs(value)
     if figure == "manifold_ratio":   # gs / holdout_gs: the two relative errors add
         return 2 * 4 * d * EPS * abs(value)
@@ -128,7 +128,8 @@ def test_submitted_job_writes_every_stage_and_metric(finished_run):
         m = json.loads(storage.read_bytes(L.metrics(strategy, 2), opts))
         pixel = m["spaces"]["pixel"]
         for figure in ("entropy", "gs", "memorization", "fd", "kid", "precision", "recall", "density", "coverage",
-                       "covariance_trace", "mean_nn_distance"):
+                       "covariance_trace", "mean_nn_distance", "memorization_real_scale", "duplicate_share",
+                       "copy_radius"):
             assert figure in pixel and pixel[figure] == pixel[figure], figure  # present and not NaN
         assert m["real_share"] == 0.0 and m["train_count"] == 64
         # the sample-quality figure can fail: real held-out images are recognized, and the samples of

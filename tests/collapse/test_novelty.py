@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from collapse.novelty import (copy_mask, covariance_trace, generalization_score, mean_nn_distance,
-                              memorization_fraction, nearest_training_distance)
+from collapse.novelty import (copy_mask, covariance_trace, duplicate_share, generalization_score, mean_nn_distance,
+                              memorization_fraction, memorization_within, nearest_training_distance,
+                              real_copy_radius)
 
 
 def dists(a, b):
@@ -71,3 +72,44 @@ def test_clear_errors():
         covariance_trace(x[:1])
     with pytest.raises(ValueError, match="d=2"):
         generalization_score(x, np.zeros((5, 3)))
+
+
+# -- memorization at the real data's scale (d1 < rho)
+
+def test_real_copy_radius_is_a_third_of_the_median_nearest_neighbour_distance():
+    real = np.arange(10, dtype=np.float64)[:, None] * np.array([[3.0, 4.0]])  # a line, spacing 5
+    real[-1] += 1.0                                                           # one gap of ~6.4
+    assert real_copy_radius(real) == pytest.approx(5.0 / 3.0, rel=1e-12)
+    assert real_copy_radius(real, ratio=0.5) == pytest.approx(2.5, rel=1e-12)
+    with pytest.raises(ValueError, match="ratio"):
+        real_copy_radius(real, ratio=0)
+
+
+def test_near_duplicates_in_the_training_set_hide_copies_from_d1_over_d2_but_not_from_the_fixed_scale():
+    """A synthetic D_n that holds each image twice (a memorizing model's output): samples that copy its
+    images have d2 ~ d1, so the ratio test counts none; at the real scale all of them are copies."""
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(40, 8)) * 10.0                         # distinct images, nn distance ~ 15
+    rho = real_copy_radius(real)
+    d_n = np.concatenate([real, real + 0.2 * rng.normal(size=real.shape)])   # every image twice
+    copies = real + 0.3 * rng.normal(size=real.shape)                          # samples copying them
+    assert memorization_fraction(copies, d_n) < 0.1
+    assert memorization_within(copies, d_n, rho) == 1.0
+    assert duplicate_share(d_n, rho) == 1.0 and duplicate_share(real, rho) == 0.0
+    # on distinct real images, the two tests agree on these copies
+    assert memorization_fraction(copies, real) == memorization_within(copies, real, rho) == 1.0
+    novel = rng.normal(size=(30, 8)) * 10.0
+    assert memorization_within(novel, d_n, rho) == 0.0
+
+
+def test_memorization_within_matches_brute_force(sets):
+    gen, train = sets
+    for radius in (0.05, 1.0, 3.0):
+        expected = (dists(gen, train).min(1) < radius).mean()
+        assert memorization_within(gen, train, radius) == pytest.approx(expected)
+    nn = dists(train, train) + np.diag(np.full(len(train), np.inf))
+    assert duplicate_share(train, 2.0) == pytest.approx((nn.min(1) < 2.0).mean())
+    assert memorization_within(train[:3], train, 1e-9) == 1.0  # exact copies count at any radius
+    for bad in (0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="copy radius"):
+            memorization_within(gen, train, bad)
