@@ -23,7 +23,8 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The fault matrix (faults/test_faults.py): real runs of the tiny preset on the local Ceph gateway with
-# a fault injected into each, compared with an undisturbed run; prints the table. ~30 min on 2 cores.
+# a fault injected into each, compared with an undisturbed run; prints the table. ~40 min on 2 cores.
+# The raylet rows run on a 3-node loopback cluster (ray.cluster_utils.Cluster).
 # Its fast cases (lease, damaged shard, bad input) are in `make test`. The full-disk row mounts a tmpfs
 # (root).
 faults: setup

@@ -14,12 +14,15 @@ commits its own manifest, so an interrupted stage redoes only what is missing.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
 
 from cluster.featurize import featurize
 from cluster.sample import SampleSpec, sample_pool
+from cluster.runtime import lost_to_the_cluster
+from cluster.score import ShardedKNN
 from cluster.train import TrainSpec, train_model
 from collapse import config as cf
 from collapse import paradigms as pd
@@ -88,12 +91,17 @@ class Loop:
 
     # -- damaged storage: a stage that finds committed bytes differing from their manifest has
     #    the stage that wrote them rebuild them (deterministically), then runs again
+    #    a stage that lost an actor, worker or node (a machine failed) runs again: what it committed stays
     def run_stage(self, stage, depth: int = 0) -> None:
         for attempt in range(3):
             try:
                 return getattr(self, "stage_" + stage.name.replace("-", "_"))(stage)
             except Exception as e:
                 damage = find_damage(e)
+                if attempt < 2 and damage is None and lost_to_the_cluster(e):
+                    self.say(f"{stage.key}: lost a worker of the cluster ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160] if str(e) else ''}); running the stage again")
+                    continue
                 if damage is None or attempt == 2 or depth > 4:
                     raise
                 self.rebuild(*damage, reader=stage, depth=depth)
@@ -213,8 +221,18 @@ class Loop:
             feats["generated"][e] = self.featurize(pool.url, e, st.resources)[:len(scored)]
             feats["holdout"][e] = self.featurize(hold.url, e, st.resources)
         rho = {e: real_copy_radius(self.featurize(st.inputs["real_train_set"], e, st.resources)) for e in spaces}
-        figures = generation_metrics(feats["train"], feats["generated"], feats["holdout"], prdc_k=m["prdc_k"],
-                                     seed=self.cfg.run.seed, copy_radius=rho)
+        r = st.resources
+        shards = min(train.count, max(r.get("shards", 1), math.ceil(train.count / r.get("shard_rows", train.count))))
+        indexes = {}
+        try:
+            if shards > 1:  # D_n split across actors; the figures come from the same exact neighbours
+                self.say(f"score: D_{st.generation} ({train.count} images) searched by {shards} actors")
+                indexes = {e: ShardedKNN(feats["train"][e], shards, cpus_per_shard=r["cpus"]) for e in spaces}
+            figures = generation_metrics(feats["train"], feats["generated"], feats["holdout"], prdc_k=m["prdc_k"],
+                                         seed=self.cfg.run.seed, copy_radius=rho, indexes=indexes or None)
+        finally:
+            for index in indexes.values():
+                index.close()
         quality = self.sample_quality(st, pool, scored)
         real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
         times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation

@@ -149,3 +149,18 @@ def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, mi
                          compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
                          fn_constructor_kwargs=constructor_kwargs, max_restarts=0)
     return out.take_all()
+
+
+def lost_to_the_cluster(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says an actor, worker, node or object was lost: the
+    failure of a machine, not of the stage's input, so rerunning the (resumable) stage may succeed."""
+    import ray.exceptions as rx
+    lost = (rx.RayActorError, rx.NodeDiedError, rx.ObjectLostError, rx.WorkerCrashedError, rx.OwnerDiedError,
+            rx.ActorUnavailableError)
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, lost):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -25,43 +25,63 @@ from typing import Mapping
 
 import numpy as np
 
-from collapse.entropy import kl_entropy
-from collapse.novelty import (covariance_trace, duplicate_share, generalization_score, mean_nn_distance,
-                              memorization_fraction, memorization_within)
+from collapse.entropy import entropy_from_radii, kl_entropy
+from collapse.knn import knn
+from collapse.novelty import copy_mask_from_distances, covariance_trace, within
 from collapse.quality import frechet_distance, kid, prdc
 
 
+class ExactIndex:
+    """The nearest rows of D_n for the figures that search it: exact, in this process (collapse.knn).
+    A scorer with D_n sharded across actors passes its own object with the same ``search``
+    (cluster.score.ShardedKNN): the figures are then computed from the same exact neighbours."""
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = reference
+
+    def search(self, query: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return knn(query, self.reference, k, exclude_self=exclude_self)
+
+
 def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray, *, prdc_k: int = 5,
-                  seed: int = 0, copy_radius: float | None = None) -> dict:
+                  seed: int = 0, copy_radius: float | None = None, index=None) -> dict:
     """The figures of one feature space. train (N, d), generated (M, d), holdout (R, d); copy_radius:
-    rho of this space (collapse.novelty.real_copy_radius of D_1), for the fixed-scale copy figures."""
+    rho of this space (collapse.novelty.real_copy_radius of D_1), for the fixed-scale copy figures;
+    index: what searches D_n (default :class:`ExactIndex` of ``train``), three searches in all."""
+    index = ExactIndex(train) if index is None else index
+    if len(train) < 2:
+        raise ValueError(f"the training set needs at least 2 rows, got {len(train)}")
+    r_self = index.search(train, 1, exclude_self=True)[0][:, 0]     # nearest other image of D_n
+    d_gen = index.search(generated, 2)[0]                              # d1, d2 of every sample
+    d_hold = index.search(holdout, 1)[0][:, 0]
     kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=min(1000, len(generated), len(holdout)),
                             seed=seed)
     quality = prdc(holdout, generated, k=prdc_k)
-    gs, holdout_gs = generalization_score(generated, train), generalization_score(holdout, train)
-    return {"entropy": kl_entropy(train), "pool_entropy": kl_entropy(generated),
+    gs, holdout_gs = float(np.mean(d_gen[:, 0])), float(np.mean(d_hold))
+    return {"entropy": entropy_from_radii(r_self, np.asarray(train).shape[1]), "pool_entropy": kl_entropy(generated),
             "gs": gs, "holdout_gs": holdout_gs, "manifold_ratio": gs / holdout_gs if holdout_gs > 0 else float("nan"),
-            "memorization": memorization_fraction(generated, train),
-            "mean_nn_distance": mean_nn_distance(train), "covariance_trace": covariance_trace(train),
+            "memorization": float(np.mean(copy_mask_from_distances(d_gen[:, 0], d_gen[:, 1]))),
+            "mean_nn_distance": float(np.mean(r_self)), "covariance_trace": covariance_trace(train),
             "fd": frechet_distance(generated, holdout), "kid": kid_mean, "kid_std": kid_std,
             "precision": quality.precision, "recall": quality.recall, "density": quality.density,
             "coverage": quality.coverage,
             **({} if copy_radius is None else {
                 "copy_radius": float(copy_radius),
-                "memorization_real_scale": memorization_within(generated, train, copy_radius),
-                "duplicate_share": duplicate_share(train, copy_radius)})}
+                "memorization_real_scale": float(np.mean(within(d_gen[:, 0], copy_radius))),
+                "duplicate_share": float(np.mean(within(r_self, copy_radius)))})}
 
 
 def generation_metrics(train: Mapping[str, np.ndarray], generated: Mapping[str, np.ndarray],
                        holdout: Mapping[str, np.ndarray], *, prdc_k: int = 5, seed: int = 0,
-                       copy_radius: Mapping[str, float] | None = None) -> dict:
+                       copy_radius: Mapping[str, float] | None = None, indexes: Mapping | None = None) -> dict:
     """``{space: space_metrics(...)}`` for every feature space given (the same spaces in all three);
-    ``copy_radius``: rho per space (all of them, or None)."""
+    ``copy_radius``: rho per space (all of them, or None); ``indexes``: a D_n index per space (or None)."""
     if not (set(train) == set(generated) == set(holdout)):
         raise ValueError(f"feature spaces differ: train {sorted(train)}, generated {sorted(generated)}, "
                          f"holdout {sorted(holdout)}")
     if copy_radius is not None and set(copy_radius) != set(train):
         raise ValueError(f"copy radii are for {sorted(copy_radius)}, the features for {sorted(train)}")
     return {space: space_metrics(train[space], generated[space], holdout[space], prdc_k=prdc_k, seed=seed,
-                                 copy_radius=None if copy_radius is None else copy_radius[space])
+                                 copy_radius=None if copy_radius is None else copy_radius[space],
+                                 index=None if indexes is None else indexes.get(space))
             for space in sorted(train)}

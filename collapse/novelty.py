@@ -76,19 +76,24 @@ def _check_radius(radius) -> float:
     return float(radius)
 
 
+def within(d1, radius: float) -> np.ndarray:
+    """bool (M,): the distance d1 (M,) lies below ``radius`` (or at 0, an exact copy)."""
+    r = _check_radius(radius)
+    d1 = np.asarray(d1, dtype=np.float64)
+    return (d1 < r) | (d1 == 0)
+
+
 def memorization_within(generated, training, radius: float, *, chunk: int = 65536, device=None) -> float:
     """Share of generated rows whose nearest training row lies closer than ``radius`` (or at 0):
     the memorization fraction at a fixed scale (``radius`` from :func:`real_copy_radius`)."""
-    r = _check_radius(radius)
-    d1 = nearest_training_distance(generated, training, chunk=chunk, device=device)
-    return float(np.mean((d1 < r) | (d1 == 0)))
+    _check_radius(radius)
+    return float(np.mean(within(nearest_training_distance(generated, training, chunk=chunk, device=device), radius)))
 
 
 def duplicate_share(x, radius: float, *, chunk: int = 65536, device=None) -> float:
     """Share of the rows of x (N, d), N >= 2, whose nearest other row lies closer than ``radius``."""
-    r = _check_radius(radius)
-    nn = knn(x, x, 1, exclude_self=True, chunk=chunk, device=device)[0][:, 0]
-    return float(np.mean((nn < r) | (nn == 0)))
+    _check_radius(radius)
+    return float(np.mean(within(knn(x, x, 1, exclude_self=True, chunk=chunk, device=device)[0][:, 0], radius)))
 
 
 def mean_nn_distance(x, *, chunk: int = 65536, device=None) -> float:

@@ -136,7 +136,8 @@ class _Builder:
                                gpus=r.sampler_gpus),
                 "featurize": dict(min=r.featurizer_actors, max=r.featurizer_actors, cpus=r.featurizer_cpus,
                                   gpus=r.featurizer_gpus),
-                "score": dict(min=1, max=1, cpus=r.scorer_cpus, gpus=r.scorer_gpus),
+                "score": dict(min=1, max=1, cpus=r.scorer_cpus, gpus=r.scorer_gpus, shards=r.scorer_shards,
+                              shard_rows=r.scorer_shard_rows),
                 "driver": dict(min=1, max=1, cpus=1.0, gpus=0.0)}[kind]
 
     def run_level(self) -> None:

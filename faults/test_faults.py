@@ -245,3 +245,80 @@ def test_a_full_local_spool_is_reported_clearly(store, reference, tmp_path):
     runs = _finish(endpoint, root, log)
     row("full local spool", 1, 1, reference, root, opts, note=f"reported as: {last[:220]}; then completed "
                                                                 f"in {runs} run(s) with space")
+
+
+# -- a cluster of several nodes on loopback: a worker node's raylet dies in the middle of a stage
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    """A head with no CPUs (it runs no work) and two worker nodes of 2 CPUs, all on 127.0.0.1
+    (Ray's own ray.cluster_utils.Cluster: each node its own raylet, object store and workers)."""
+    from ray.cluster_utils import Cluster
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    for _ in range(2):
+        c.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _node_running(c, title: bytes):
+    """The worker node (of ``c``) with a live process whose title holds ``title``, or None."""
+    raylets = {n.all_processes["raylet"][0].process.pid: n for n in c.worker_nodes}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if title not in cmdline.read_bytes():
+                continue
+            pid = int(cmdline.parent.name)
+            while pid > 1 and pid not in raylets:
+                pid = _parent(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid in raylets:
+            return raylets[pid]
+    return None
+
+
+def _kill_a_node_mid_stage(store, reference, c, name: str, title: bytes, *settings: str):
+    """Run on the 3-node cluster; once a process titled ``title`` runs on a worker node, SIGKILL that
+    node's raylet and every process of it (Cluster.remove_node, not graceful); a fresh node joins as
+    an autoscaler would add one. The run goes on (or is resubmitted) and is compared."""
+    endpoint, bucket, opts, logs = store
+    slug = name.replace(" ", "-")
+    root, log = f"{bucket}/{slug}", logs / f"{slug}.log"
+    extra = ("--address", c.address, *(a for s in settings for a in ("--set", s)))
+    d = Driver(endpoint, root, log, None, *extra)
+    node = None
+
+    def found():
+        nonlocal node
+        node = _node_running(c, title)
+        return node is not None
+    _wait_for(found, f"a {title.decode()} process on a worker node", d, every=0.05)
+    c.remove_node(node, allow_graceful=False)
+    c.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    rc = d.wait()
+    runs = 1
+    while rc != 0 and runs < 3:
+        runs += 1
+        rc = Driver(endpoint, root, log, None, *extra).wait()
+    assert rc == 0, log.read_text()[-3000:]
+    said = [ln for ln in log.read_text().splitlines() if "lost a worker" in ln or "attempt 1 failed" in ln]
+    assert said, f"the killed node did not interrupt the stage: {log.read_text()[-3000:]}"
+    row(f"worker raylet killed {name.split(' ', 1)[1]}", 1, 1, reference, root, opts,
+        note=f"3-node loopback cluster; completed in {runs} run(s); the driver said: {said[0].strip()[:200]}")
+
+
+def test_a_worker_raylet_killed_mid_sample(store, reference, three_nodes):
+    _kill_a_node_mid_stage(store, reference, three_nodes, "raylet mid-sample", b"Sampler")
+
+
+def test_a_worker_raylet_killed_mid_score(store, reference, three_nodes):
+    _kill_a_node_mid_stage(store, reference, three_nodes, "raylet mid-score", b"ReferenceShard",
+                           "resources.scorer_shards=2")

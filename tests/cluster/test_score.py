@@ -47,3 +47,36 @@ def test_sharded_figures_equal_the_single_process_functions(ray_local, data, n_s
 def test_bad_shard_count(ray_local, data):
     with pytest.raises(ValueError, match="n_shards"):
         ShardedKNN(data[0], 0)
+
+
+@pytest.mark.parametrize("n_shards", [2, 3])
+def test_every_figure_of_a_generation_is_the_same_with_d_n_sharded(ray_local, data, n_shards):
+    from collapse.metrics import space_metrics
+    train, generated = data
+    holdout = generated[60:] + 1.0
+    index = ShardedKNN(train, n_shards)
+    try:
+        got = space_metrics(train, generated, holdout, copy_radius=3.0, index=index)
+    finally:
+        index.close()
+    want = space_metrics(train, generated, holdout, copy_radius=3.0)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-9, abs=0), k
+
+
+def test_a_lost_actor_or_node_is_told_from_a_failure_of_the_stage():
+    """The loop reruns a stage that lost a machine (cluster.runtime.lost_to_the_cluster), and only then."""
+    import ray.exceptions as rx
+    from cluster.runtime import lost_to_the_cluster
+    from collapse.errors import DataError
+    try:
+        try:
+            raise rx.ActorDiedError()
+        except rx.ActorDiedError as e:
+            raise RuntimeError("the pool failed") from e
+    except RuntimeError as wrapped:
+        assert lost_to_the_cluster(wrapped)
+    assert lost_to_the_cluster(rx.NodeDiedError("node 1 died"))
+    assert not lost_to_the_cluster(DataError("shard-000001.tar of s3://b/p is not a tar archive"))
+    assert not lost_to_the_cluster(ValueError("bad"))
