@@ -23,6 +23,7 @@ from cluster.featurize import featurize
 from cluster.sample import SampleSpec, sample_pool
 from cluster.runtime import lost_to_the_cluster
 from cluster.score import ShardedKNN
+from cluster.select import sharded_select
 from cluster.train import TrainSpec, train_model
 from collapse import config as cf
 from collapse import paradigms as pd
@@ -259,7 +260,12 @@ class Loop:
         if ts.how == "select":
             x = self.candidate_features(ts.candidates, sources, p["features"] or "pixel")
             params = {k: p[k] for k in ("tau0", "alpha") if p.get(k) is not None}
-            sel = select(x, ts.choose, p["kind"], seed=ts.seed, **params)
+            shards = min(len(x), st.resources.get("shards", 1))
+            if shards > 1 and p["kind"] != "random":  # the pool across actors: the same picks (cluster.select)
+                sel = sharded_select(x, ts.choose, p["kind"], seed=ts.seed, shards=shards,
+                                     cpus_per_shard=st.resources["cpus"], **params)
+            else:
+                sel = select(x, ts.choose, p["kind"], seed=ts.seed, **params)
             keys = ts.keys(sel.indices.tolist())
             cols = sel.columns()
             for row in range(len(sel)):

@@ -163,9 +163,10 @@ class ResourcesSection:             # per worker / per actor; the score and sele
     featurizer_gpus: float = _f(0.0, NONNEG)
     scorer_cpus: float = _f(1.0, NONNEG)
     scorer_gpus: float = _f(0.0, NONNEG)
-    # the score stage's searches of D_n: in the driver (1), or D_n split across this many actors of
-    # scorer_cpus each (cluster.score.ShardedKNN, exact: the same figures); a D_n of more rows than
-    # scorer_shard_rows is split in any case, into ceil(N / scorer_shard_rows) actors at least
+    # the score stage's searches of D_n and the select stage's greedy / tdf: in the driver (1), or
+    # split across this many actors of scorer_cpus each (cluster.score.ShardedKNN, cluster.select:
+    # exact, the same figures and picks); a D_n of more rows than scorer_shard_rows is split in any
+    # case, into ceil(N / scorer_shard_rows) actors at least
     scorer_shards: int = _f(1, ANY)
     scorer_shard_rows: int = _f(200_000, ANY)
 

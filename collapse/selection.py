@@ -79,13 +79,18 @@ class Selection:
 STRATEGIES: dict[str, Callable] = {}
 
 
-# register(name): add a strategy ``fn(x, n, rng, *, device, chunk, **params) -> (indices, nearest, pass, tau)``
+# register(name): add a strategy ``fn(x, n, rng, *, device, chunk, make_state, **params) -> (indices, nearest,
+# pass, tau)``
 register = registrar(STRATEGIES, "selection strategy")
 
 
 def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk: int = 16384,
-           **params) -> Selection:
-    """Keep n of the pool's rows. features: (pool, d) any real dtype; see the module docstring."""
+           make_state=None, **params) -> Selection:
+    """Keep n of the pool's rows. features: (pool, d) any real dtype; see the module docstring.
+
+    make_state: ``(x, device, chunk) -> state`` holding the pool and its running min-distance vector
+    for greedy and tdf (default :class:`LocalState`); cluster.select passes one whose pool is split
+    across actors, and the picks are the same."""
     x = as_rows(features, "features")
     pool = x.shape[0]
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= pool:
@@ -98,7 +103,8 @@ def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk
     fn = STRATEGIES[strategy]
     params = _resolve_params(strategy, fn, params)
     rng = np.random.default_rng(int(seed))
-    idx, nearest, pass_index, tau = fn(x, int(n), rng, device=resolve_device(device), chunk=chunk, **params)
+    idx, nearest, pass_index, tau = fn(x, int(n), rng, device=resolve_device(device), chunk=chunk,
+                                       make_state=make_state or LocalState, **params)
     if nearest is None:
         distance = np.full(n, np.nan)
         nearest = np.full(n, -1, dtype=np.int64)
@@ -112,7 +118,7 @@ def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk
 
 def _resolve_params(strategy: str, fn: Callable, params: dict) -> dict:
     sig = inspect.signature(fn).parameters
-    own = {k: p for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and k not in ("device", "chunk")}
+    own = {k: p for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and k not in ("device", "chunk", "make_state")}
     unknown = sorted(set(params) - set(own))
     if unknown:
         raise ValueError(f"strategy {strategy!r} takes no parameter {unknown}; it takes {sorted(own) or 'none'}")
@@ -170,70 +176,104 @@ class _Space:
             owner[s:s + self.chunk] = torch.where(closer, new[j], owner[s:s + self.chunk])
 
 
+class LocalState:
+    """The pool (a :class:`_Space`) and, per candidate, the squared distance to its nearest kept item
+    (``mind``, -inf once kept) and that item (``owner``), in this process. Greedy and tdf see the
+    pool only through these methods, so a sharded state (cluster.select) gives the same picks."""
+
+    def __init__(self, x: np.ndarray, device: torch.device, chunk: int):
+        self.sp, self.device = _Space(x, device, chunk), device
+        self.n = self.sp.n
+        self.mind = torch.full((self.n,), float("inf"), dtype=torch.float64, device=device)
+        self.owner = torch.full((self.n,), -1, dtype=torch.int64, device=device)
+
+    def add_one(self, c: int) -> tuple[int, int]:
+        """Keep c; return the next farthest candidate (first index of the largest min-distance) and
+        the kept item nearest to it."""
+        self.sp.update_one(self.mind, self.owner, c)
+        self.mind[c] = -float("inf")  # kept: never chosen again (min with d2 >= 0 keeps it -inf)
+        j = int(torch.argmax(self.mind))
+        return j, int(self.owner[j])
+
+    def add(self, new: np.ndarray) -> None:
+        """Keep the rows ``new`` (int64 indices)."""
+        t = torch.from_numpy(np.asarray(new, dtype=np.int64)).to(self.device)
+        self.sp.update(self.mind, self.owner, t)
+        self.mind[t] = -float("inf")
+
+    def top(self) -> float:
+        """The largest min-distance of a candidate not kept (squared)."""
+        return float(self.mind.max())
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mind, owner) of ``rows``, as numpy arrays."""
+        t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        return self.mind[t].cpu().numpy(), self.owner[t].cpu().numpy()
+
+    def d2(self, rows: np.ndarray) -> np.ndarray:
+        """Squared distances among ``rows`` (len, len), resolution-clamped, as numpy."""
+        t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        return self.sp.d2(t, t).cpu().numpy()
+
+
 @register("random")
-def _random(x, n, rng, *, device, chunk):
+def _random(x, n, rng, *, device, chunk, make_state):
     idx = rng.permutation(x.shape[0])[:n].astype(np.int64)
     return idx, None, np.zeros(n, dtype=np.int64), np.full(n, np.nan)
 
 
 @register("greedy")
-def _greedy(x, n, rng, *, device, chunk):
-    sp = _Space(x, device, chunk)
-    mind = torch.full((sp.n,), float("inf"), dtype=torch.float64, device=device)
-    owner = torch.full((sp.n,), -1, dtype=torch.int64, device=device)
-    kept = [int(rng.integers(sp.n))]
+def _greedy(x, n, rng, *, device, chunk, make_state):
+    st = make_state(x, device, chunk)
+    kept = [int(rng.integers(st.n))]
     nearest = [-1]
     for _ in range(n - 1):
-        sp.update_one(mind, owner, kept[-1])
-        mind[kept[-1]] = -float("inf")  # kept: never chosen again (min with d2 >= 0 keeps it -inf)
-        j = int(torch.argmax(mind))  # the first index of the largest min-distance
+        j, near = st.add_one(kept[-1])
         kept.append(j)
-        nearest.append(int(owner[j]))
+        nearest.append(near)
     return (np.asarray(kept, dtype=np.int64), np.asarray(nearest, dtype=np.int64),
             np.zeros(n, dtype=np.int64), np.full(n, np.nan))
 
 
 @register("tdf")
-def _tdf(x, n, rng, *, device, chunk, tau0: float, alpha: float = 0.95):
+def _tdf(x, n, rng, *, device, chunk, make_state, tau0: float, alpha: float = 0.95):
     if isinstance(tau0, bool) or not (isinstance(tau0, numbers.Real) and np.isfinite(tau0) and tau0 > 0):
         raise ValueError(f"tdf needs tau0 > 0 (initial radius in feature units), got {tau0!r}")
     if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0 < alpha < 1):
         raise ValueError(f"tdf needs alpha in (0, 1) (the decay per pass), got {alpha!r}")
-    sp = _Space(x, device, chunk)
+    st = make_state(x, device, chunk)
     block_size = min(chunk, _TDF_BLOCK)  # candidates filtered together: a (block, block) matrix
-    order = rng.permutation(sp.n)
-    mind = torch.full((sp.n,), float("inf"), dtype=torch.float64, device=device)
-    owner = torch.full((sp.n,), -1, dtype=torch.int64, device=device)
-    is_kept = np.zeros(sp.n, dtype=bool)
+    order = rng.permutation(st.n)
+    is_kept = np.zeros(st.n, dtype=bool)
     kept, nearest, passes, taus = [], [], [], []
     tau, pass_index, alpha = float(tau0), 0, float(alpha)
     while len(kept) < n:
         remaining = order[~is_kept[order]]
-        rem_t = torch.from_numpy(remaining).to(device)
-        top = float(mind[rem_t].max())
+        top = st.top()  # kept items are at -inf: the largest over the remaining candidates
         if top == 0.0:  # only duplicates of kept items remain: the fill pass
             fill = remaining[:n - len(kept)]
             kept += fill.tolist()
-            nearest += owner[torch.from_numpy(fill).to(device)].tolist()
+            nearest += st.gather(fill)[1].tolist()
             passes += [pass_index] * len(fill)
             taus += [0.0] * len(fill)
             break
         while top <= tau * tau:  # a pass that cannot keep anything: only tau decays
             tau, pass_index = tau * alpha, pass_index + 1
         for s in range(0, remaining.shape[0], block_size):
-            block = rem_t[s:s + block_size]
-            cand = block[mind[block] > tau * tau]
-            if cand.numel() == 0:
+            block = remaining[s:s + block_size]
+            mind_b, owner_b = st.gather(block)
+            alive = mind_b > tau * tau
+            cand = block[alive]
+            if cand.size == 0:
                 continue
-            new, near = _sequential_filter(sp, cand, mind, owner, tau, n - len(kept))
-            kept += cand[new].tolist()
+            new, near = _sequential_filter(st.d2(cand), mind_b[alive], owner_b[alive], cand, tau, n - len(kept))
+            new_rows = cand[new]
+            kept += new_rows.tolist()
             nearest += near
             passes += [pass_index] * len(new)
             taus += [tau] * len(new)
-            new_t = cand[new]
-            is_kept[new_t.cpu().numpy()] = True
-            sp.update(mind, owner, new_t)
-            mind[new_t] = -float("inf")
+            is_kept[new_rows] = True
+            st.add(new_rows)
             if len(kept) == n:
                 break
         tau, pass_index = tau * alpha, pass_index + 1
@@ -241,16 +281,15 @@ def _tdf(x, n, rng, *, device, chunk, tau0: float, alpha: float = 0.95):
             np.asarray(passes, dtype=np.int64), np.asarray(taus, dtype=np.float64))
 
 
-def _sequential_filter(sp: _Space, cand: torch.Tensor, mind, owner, tau: float, room: int):
+def _sequential_filter(d2: np.ndarray, mind_c: np.ndarray, owner_c: np.ndarray, cand_np: np.ndarray, tau: float,
+                       room: int):
     """Within one block, in order: keep a candidate unless an item kept earlier in this block is
-    within tau (items kept before the block were already filtered out through ``mind``).
+    within tau (items kept before the block were already filtered out through ``mind``). d2: the
+    candidates' squared distances among themselves; mind_c, owner_c: theirs to the items kept before.
     Returns (positions kept in cand, nearest kept index of each)."""
-    d2 = sp.d2(cand, cand).cpu().numpy()
-    alive = np.ones(cand.shape[0], dtype=bool)
-    cand_np = cand.cpu().numpy()
-    mind_c, owner_c = mind[cand].cpu().numpy(), owner[cand].cpu().numpy()
+    alive = np.ones(cand_np.shape[0], dtype=bool)
     new, near = [], []
-    for j in range(cand.shape[0]):
+    for j in range(cand_np.shape[0]):
         if not alive[j]:
             continue
         if new and d2[j, new].min() < mind_c[j]:  # nearest kept item is one kept in this block

@@ -28,6 +28,29 @@ def add_select_arguments(p) -> None:
     p.add_argument("--tau0", type=float, help="tdf: the initial radius (paper: 60 in DINOv2 space, 2000 in pixels)")
     p.add_argument("--alpha", type=float, help="tdf: the decay per pass, in (0, 1) (default 0.95)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shards", type=int, default=1,
+                   help="greedy, tdf: split the pool across this many Ray actors (same picks; default 1: here)")
+    p.add_argument("--address", help="with --shards > 1: Ray cluster address (default: RAY_ADDRESS, else a local "
+                                     "Ray on 127.0.0.1)")
+
+
+def _choose(args, x: np.ndarray, params: dict):
+    """The selection, in this process or (--shards K > 1) across K actors of a Ray cluster."""
+    from collapse.selection import select as choose
+    if args.shards == 1:
+        return choose(x, args.n, args.strategy, seed=args.seed, **params)
+    import os
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
+    import ray
+
+    from cluster.runtime import connect
+    from cluster.select import sharded_select
+    connect(args.address, num_cpus=max(args.shards, os.cpu_count() or 1), log_to_driver=False)
+    try:
+        return sharded_select(x, args.n, args.strategy, seed=args.seed, shards=args.shards, **params)
+    finally:
+        ray.shutdown()
 
 
 def set_features(sample_set, extractor: str, batch_size: int = 256) -> np.ndarray:
@@ -83,7 +106,6 @@ def select(args, storage_options=None) -> int:
     from collapse.data import manifest as mf
     from collapse.data import storage
     from collapse.data.samples import SampleSet, write_subset
-    from collapse.selection import select as choose
     from collapse.errors import ConfigError, DataError
     if args.strategy == "tdf" and args.tau0 is None:
         raise ConfigError("--strategy tdf needs --tau0, the initial radius in feature units (the paper: 60 in "
@@ -96,11 +118,16 @@ def select(args, storage_options=None) -> int:
         raise ConfigError(f"--tau0 {args.tau0}: expected a radius > 0 in feature units")
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: expected at least 1 image to keep")
+    if args.shards < 1:
+        raise ConfigError(f"--shards {args.shards}: expected at least 1 (1: select in this process)")
     pool = SampleSet(args.pool, storage_options)
     if args.n > pool.count:
         raise DataError(f"--n {args.n} is larger than the {pool.count} images of {args.pool}")
+    if args.shards > pool.count:
+        raise DataError(f"--shards {args.shards} is more than the {pool.count} images of {args.pool}: a shard "
+                        "holds at least one")
     params = {k: v for k, v in (("tau0", args.tau0), ("alpha", args.alpha)) if v is not None}
-    sel = choose(set_features(pool, args.features), args.n, args.strategy, seed=args.seed, **params)
+    sel = _choose(args, set_features(pool, args.features), params)
     keys, cols = pool.keys, sel.columns()
     why = {keys[int(i)]: {"order": int(o), "distance": _num(d), "pass": int(p), "tau": _num(t),
                           "nearest": keys[int(n)] if n >= 0 else None}

@@ -149,3 +149,29 @@ def test_one_of_our_errors_raised_in_a_worker_is_not_called_unexpected(monkeypat
     code, _, err = _run_cli(capsys, "verify", "somewhere")
     _one_line_error(code, err, "collapse.errors.StorageError: the local spool /x is full")
     assert "unexpected" not in err
+
+
+@pytest.mark.parametrize("strategy,params", [("greedy", []), ("tdf", ["--tau0", "400", "--alpha", "0.8"])])
+def test_select_with_1_and_3_shards_keeps_the_same_keys_in_the_same_order(small_set, tmp_path, strategy, params):
+    """`collapse select --shards 3` (its own local Ray, the pool across 3 actors) as a user runs it."""
+    from collapse.data import manifest as mf
+    kept = {}
+    for shards in (1, 3):
+        out = tmp_path / f"{strategy}-{shards}"
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "select", small_set, "--n", "30", "--strategy", strategy,
+                            *params, "--out", str(out), "--shards", str(shards)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        kept[shards] = [k["key"] for k in mf.read_manifest(str(out / "selection"))["kept"]]
+        assert open_sample_set(str(out)).keys == kept[shards]
+    assert kept[1] == kept[3] and len(set(kept[3])) == 30
+
+
+def test_select_with_more_shards_than_images_is_one_line(small_set, tmp_path, capsys):
+    code, _, err = _run_cli(capsys, "select", small_set, "--n", "5", "--strategy", "greedy", "--out",
+                            str(tmp_path / "z"), "--shards", "81")
+    _one_line_error(code, err, "--shards 81", "80")
+    code, _, err = _run_cli(capsys, "select", small_set, "--n", "5", "--strategy", "greedy", "--out",
+                            str(tmp_path / "z"), "--shards", "0")
+    _one_line_error(code, err, "--shards 0")
+    assert not (tmp_path / "z").exists()
