@@ -23,7 +23,7 @@ from cluster.featurize import featurize
 from cluster.sample import SampleSpec, sample_pool
 from cluster.runtime import lost_to_the_cluster
 from cluster.score import ShardedKNN
-from cluster.select import sharded_select
+from cluster.selection import sharded_select
 from cluster.train import TrainSpec, train_model
 from collapse import config as cf
 from collapse import paradigms as pd
@@ -261,7 +261,7 @@ class Loop:
             x = self.candidate_features(ts.candidates, sources, p["features"] or "pixel")
             params = {k: p[k] for k in ("tau0", "alpha") if p.get(k) is not None}
             shards = min(len(x), st.resources.get("shards", 1))
-            if shards > 1 and p["kind"] != "random":  # the pool across actors: the same picks (cluster.select)
+            if shards > 1 and p["kind"] != "random":  # the pool across actors: the same picks (cluster.selection)
                 sel = sharded_select(x, ts.choose, p["kind"], seed=ts.seed, shards=shards,
                                      cpus_per_shard=st.resources["cpus"], **params)
             else:

@@ -164,7 +164,7 @@ class ResourcesSection:             # per worker / per actor; the score and sele
     scorer_cpus: float = _f(1.0, NONNEG)
     scorer_gpus: float = _f(0.0, NONNEG)
     # the score stage's searches of D_n and the select stage's greedy / tdf: in the driver (1), or
-    # split across this many actors of scorer_cpus each (cluster.score.ShardedKNN, cluster.select:
+    # split across this many actors of scorer_cpus each (cluster.score.ShardedKNN, cluster.selection:
     # exact, the same figures and picks); a D_n of more rows than scorer_shard_rows is split in any
     # case, into ceil(N / scorer_shard_rows) actors at least
     scorer_shards: int = _f(1, ANY)

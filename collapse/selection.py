@@ -89,7 +89,7 @@ def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk
     """Keep n of the pool's rows. features: (pool, d) any real dtype; see the module docstring.
 
     make_state: ``(x, device, chunk) -> state`` holding the pool and its running min-distance vector
-    for greedy and tdf (default :class:`LocalState`); cluster.select passes one whose pool is split
+    for greedy and tdf (default :class:`LocalState`); cluster.selection passes one whose pool is split
     across actors, and the picks are the same."""
     x = as_rows(features, "features")
     pool = x.shape[0]
@@ -179,7 +179,7 @@ class _Space:
 class LocalState:
     """The pool (a :class:`_Space`) and, per candidate, the squared distance to its nearest kept item
     (``mind``, -inf once kept) and that item (``owner``), in this process. Greedy and tdf see the
-    pool only through these methods, so a sharded state (cluster.select) gives the same picks."""
+    pool only through these methods, so a sharded state (cluster.selection) gives the same picks."""
 
     def __init__(self, x: np.ndarray, device: torch.device, chunk: int):
         self.sp, self.device = _Space(x, device, chunk), device

@@ -45,7 +45,7 @@ def _choose(args, x: np.ndarray, params: dict):
     import ray
 
     from cluster.runtime import connect
-    from cluster.select import sharded_select
+    from cluster.selection import sharded_select
     connect(args.address, num_cpus=max(args.shards, os.cpu_count() or 1), log_to_driver=False)
     try:
         return sharded_select(x, args.n, args.strategy, seed=args.seed, shards=args.shards, **params)

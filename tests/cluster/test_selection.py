@@ -1,9 +1,9 @@
 """Greedy and tdf with the pool split across actors keep the same items in the same order, with the
-same reasons, as the single-process selection (cluster.select; collapse.selection)."""
+same reasons, as the single-process selection (cluster.selection; collapse.selection)."""
 import numpy as np
 import pytest
 
-from cluster.select import sharded_select
+from cluster.selection import sharded_select
 from collapse.selection import select
 
 
