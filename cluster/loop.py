@@ -62,11 +62,11 @@ class Loop:
         for i, stage in enumerate(self.plan, 1):
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
-                t0 = time.perf_counter()
+                t0, started = time.perf_counter(), time.time()
                 self.clear_half_writes(stage)
                 self.run_stage(stage)
                 wall = time.perf_counter() - t0
-                self.commit(stage, wall)
+                self.commit(stage, wall, started)
                 eta.done(stage, wall)
                 left = [s for s in todo if self.plan.stages.index(s) >= i]
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
@@ -85,10 +85,12 @@ class Loop:
                 self.say(f"cleared {len(keys)} unfinished multipart upload(s) under {out}: {', '.join(keys[:3])}"
                          + (" ..." if len(keys) > 3 else ""))
 
-    def commit(self, stage, wall: float) -> None:
+    def commit(self, stage, wall: float, started: float) -> None:
+        """The stage record: its hash, wall seconds, and when it started and ended (UTC seconds)."""
         self.guard()  # a driver that lost its lease commits nothing more
         mf.write_manifest(self.L.stage_record(stage.key), {"kind": "stage", "key": stage.key,
-                          "config_hash": stage.config_hash, "wall_s": wall}, self.so)
+                          "config_hash": stage.config_hash, "wall_s": wall, "started_at": started,
+                          "ended_at": time.time()}, self.so)
 
     # -- damaged storage: a stage that finds committed bytes differing from their manifest has
     #    the stage that wrote them rebuild them (deterministically), then runs again
@@ -130,9 +132,9 @@ class Loop:
         if part_url.endswith(".tar"):
             storage.remove(part_url[:-len(".tar")] + ".json", self.so)  # the shard's sidecar: re-make it
         storage.remove(self.L.stage_record(st.key), self.so, recursive=True)
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         self.run_stage(st, depth + 1)
-        self.commit(st, time.perf_counter() - t0)
+        self.commit(st, time.perf_counter() - t0, started)
         self.say(f"rebuilt {set_url} with {st.key} in {time.perf_counter() - t0:.1f} s")
 
     def guard(self) -> None:

@@ -98,7 +98,7 @@ def test_the_loop_rebuilds_a_damaged_real_set_with_ingest_and_goes_on(tmp_path):
     loop = Loop(cf.load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
     ingest, train_set = (next(s for s in loop.plan if s.key == k) for k in ("ingest", "shared/gen-001/train-set"))
     loop.run_stage(ingest)
-    loop.commit(ingest, 0.0)
+    loop.commit(ingest, 0.0, 0.0)
     want = open_sample_set(str(run / "real" / "train")).load()[1]
     flip(run / "real" / "train" / "shard-000000.tar")
     loop.run_stage(train_set)  # reads real/train: finds the damage, re-ingests, copies

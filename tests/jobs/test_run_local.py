@@ -51,6 +51,11 @@ def test_relative_run_dir_from_the_repository_root():
         assert records == sorted(["ingest", "classifier", "featurize-real", "shared/gen-001/train-set",
                                   "shared/gen-001/train", "shared/gen-001/sample", "shared/gen-001/featurize",
                                   "shared/gen-001/score"])
+        # each record says when its stage ran (UTC seconds), in the plan's order
+        times = [(mf.read_manifest(str(run_dir / "stages" / k))["started_at"],
+                  mf.read_manifest(str(run_dir / "stages" / k))["ended_at"])
+                 for k in ("ingest", "shared/gen-001/train", "shared/gen-001/score")]
+        assert all(a <= b for a, b in times) and times[0][1] <= times[1][0] <= times[1][1] <= times[2][0]
         assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
         assert (run_dir / "report" / "index.html").is_file()
         assert f"run {run_dir} finished" in r.stdout
