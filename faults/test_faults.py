@@ -1,6 +1,7 @@
 """The fault matrix: faults injected into real runs of the tiny preset (a driver process with its own
-local Ray, its run directory on the session's Ceph gateway), each run then compared with an
-undisturbed run of the same config: samples lost, samples duplicated, selections and metrics equal.
+local Ray, or joined to a 3-node loopback cluster for the raylet rows; its run directory on the
+session's Ceph gateway), each run then compared with an undisturbed run of the same config: samples
+lost, samples duplicated, selections and metrics equal.
 
 Run with `make faults`. Each row is one test; the table is printed at the end (faults/conftest.py).
 """
