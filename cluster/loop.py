@@ -58,7 +58,18 @@ class Loop:
         todo = [s for s in self.plan if not self.done(s)]
         if not todo:
             self.say(f"run {self.L.root} is already complete ({len(self.plan)} stages); nothing to do")
-        eta, started = ETA(), time.perf_counter()
+        if todo and self.cfg.resources.max_parallel_stages != 1:
+            self.run_side_by_side(todo)
+        else:
+            self.run_in_order(todo)
+        self.guard()
+        rows = self.write_metrics_log()
+        self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
+        return rows
+
+    def run_in_order(self, todo: list) -> None:
+        """One stage after another, in this process (resources.max_parallel_stages = 1)."""
+        eta, t_run = ETA(), time.perf_counter()
         for i, stage in enumerate(self.plan, 1):
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
@@ -70,11 +81,81 @@ class Loop:
                 eta.done(stage, wall)
                 left = [s for s in todo if self.plan.stages.index(s) >= i]
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
-                         f"{eta.say(left, time.perf_counter() - started)}")
-        self.guard()
-        rows = self.write_metrics_log()
-        self.say(f"report: {render_report([self.L.root], storage_options=self.so)}")
-        return rows
+                         f"{eta.say(left, time.perf_counter() - t_run)}")
+
+    def run_side_by_side(self, todo: list) -> None:
+        """The plan as a DAG (collapse.schedule): a stage starts once the stages it reads are
+        committed and its declared CPUs and GPUs are free, each in a stage runner actor of its own
+        (cluster.runner). This driver clears half-writes and commits every record, under its lease.
+        After a failure no stage starts; the running ones finish (and commit); then it raises."""
+        import ray
+
+        from cluster.runner import start_runner
+        from collapse.schedule import demand, startable
+        number = {s.key: i for i, s in enumerate(self.plan, 1)}
+        finished = {s.key for s in self.plan if s not in todo}
+        cap = self.cfg.resources.max_parallel_stages
+        totals = ray.cluster_resources()
+        capacity = {"CPU": float(totals.get("CPU", 0.0)), "GPU": float(totals.get("GPU", 0.0))}
+        idle, running, failure = [], {}, None  # running: ref -> (stage, runner, attempt)
+        eta, t_start = ETA(side_by_side=True), time.perf_counter()
+
+        def launch(stage, attempt: int = 0) -> None:
+            self.clear_half_writes(stage)
+            runner = idle.pop() if idle else start_runner(self.cfg, self.so)
+            running[runner.run.remote(stage.key)] = (stage, runner, attempt)
+            others = [s.key for s, _, _ in running.values() if s is not stage]
+            self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} ..."
+                     + (f" (beside {', '.join(others)})" if others else ""))
+
+        def relay(runner) -> None:
+            try:
+                lines = ray.get(runner.drain.remote())
+            except ray.exceptions.RayActorError:  # a runner that died: its stage's result says so
+                return
+            for line in lines:
+                self.say(line)
+
+        try:
+            while True:
+                if failure is None:
+                    demands = {s.key: demand(s) for s, _, _ in running.values()}
+                    for stage in startable(todo, finished, demands, capacity, cap):
+                        launch(stage)
+                if not running:
+                    break
+                done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                for _, runner, _ in list(running.values()):
+                    relay(runner)
+                for ref in done:
+                    stage, runner, attempt = running.pop(ref)
+                    relay(runner)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:  # the stage raised: its own error, not Ray's
+                        failure = failure or (e.cause if isinstance(e.cause, BaseException) else e)
+                        idle.append(runner)
+                        continue
+                    except Exception as e:  # noqa: BLE001 - the runner itself is gone
+                        if lost_to_the_cluster(e) and attempt < 2 and failure is None:
+                            self.say(f"{stage.key}: lost a worker of the cluster (its stage runner: "
+                                     f"{type(e).__name__}); running the stage again")
+                            launch(stage, attempt + 1)
+                        else:
+                            failure = failure or e
+                        continue
+                    idle.append(runner)
+                    self.commit(stage, result["wall"], result["started"])
+                    finished.add(stage.key)
+                    eta.done(stage, result["wall"])
+                    left = [s for s in todo if s.key not in finished]
+                    self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} done in {result['wall']:.1f} s; "
+                             f"{eta.say(left, time.perf_counter() - t_start)}")
+        finally:
+            for runner in idle + [r for _, r, _ in running.values()]:
+                ray.kill(runner)
+        if failure is not None:
+            raise failure
 
     def clear_half_writes(self, stage) -> None:
         """A stage that (re)starts first aborts the multipart uploads a killed run left under its outputs
@@ -342,7 +423,8 @@ class ETA:
     (train: steps; sample, featurize: images; score: scored samples; select: candidates; else: 1)."""
     UNITS = {"train": "steps", "sample": "pool", "featurize": "images", "score": "generated", "select": "candidates"}
 
-    def __init__(self):
+    def __init__(self, side_by_side: bool = False):
+        self.word = "ETA <=" if side_by_side else "ETA"  # the sum of what is left bounds stages that overlap
         self.rate: dict[str, float] = {}
         self.seen: dict[str, list[float]] = {}
 
@@ -363,7 +445,7 @@ class ETA:
             return text
         if unknown:
             return text + f", ETA > {known / 60:.1f} min (not timed yet: {', '.join(unknown)})"
-        return text + f", ETA {known / 60:.1f} min"
+        return text + f", {self.word} {known / 60:.1f} min"
 
 
 def _num(v) -> float | None:

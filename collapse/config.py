@@ -169,6 +169,10 @@ class ResourcesSection:             # per worker / per actor; the score and sele
     # case, into ceil(N / scorer_shard_rows) actors at least
     scorer_shards: int = _f(1, ANY)
     scorer_shard_rows: int = _f(200_000, ANY)
+    # stages of independent chains (strategies) run side by side, each in a stage runner actor,
+    # while the CPUs and GPUs they declare fit in the cluster's (collapse.schedule): at most this
+    # many at once (0: as many as fit; 1: one after another in the driver process)
+    max_parallel_stages: int = _f(0, NONNEG)
 
 
 @dataclass(frozen=True)

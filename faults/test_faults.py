@@ -25,6 +25,7 @@ from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.urls import RunLayout
 from faults.conftest import TABLE
+from tests.cluster.conftest import three_nodes  # noqa: F401 - a fixture of the raylet rows
 from tests.cluster.test_loop import _assert_same_metrics
 
 pytestmark = [pytest.mark.ceph, pytest.mark.slow]
@@ -249,21 +250,6 @@ def test_a_full_local_spool_is_reported_clearly(store, reference, tmp_path):
 
 
 # -- a cluster of several nodes on loopback: a worker node's raylet dies in the middle of a stage
-
-@pytest.fixture(scope="module")
-def three_nodes():
-    """A head with no CPUs (it runs no work) and two worker nodes of 2 CPUs, all on 127.0.0.1
-    (Ray's own ray.cluster_utils.Cluster: each node its own raylet, object store and workers)."""
-    from ray.cluster_utils import Cluster
-    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
-    for _ in range(2):
-        c.add_node(num_cpus=2, node_ip_address="127.0.0.1")
-    c.wait_for_nodes()
-    try:
-        yield c
-    finally:
-        c.shutdown()
-
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -7,6 +7,8 @@ Fixtures:
              running head is used instead and left alone. Yields a RayHead: ``.address`` (GCS, for
              drivers), ``.dashboard`` (http URL, for ``ray job submit``), ``.env`` (variables for a
              driver process), ``.submit(...)`` (``ray job submit``; waits for the job's end).
+  three_nodes module: a cluster of three nodes on 127.0.0.1 (ray.cluster_utils.Cluster): a head with no
+             CPUs and two worker nodes of 2 CPUs. Not connected: drivers join it with --address.
   ray_local  session: ``cluster.runtime.connect(num_cpus=4)`` in the test process (Ray started by
              ``ray.init`` as children of pytest, on 127.0.0.1), ``ray.shutdown()`` at the end.
              For tests that call stages directly. It is a cluster of its own, not the head.
@@ -136,3 +138,18 @@ def ray_local():
             ray.shutdown()
         except Exception as e:  # noqa: BLE001 - teardown must not hide the tests' own results
             warnings.warn(f"ray.shutdown() failed: {e!r}")
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    """A head with no CPUs (it runs no work) and two worker nodes of 2 CPUs, all on 127.0.0.1
+    (Ray's own ray.cluster_utils.Cluster: each node its own raylet, object store and workers)."""
+    from ray.cluster_utils import Cluster
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    for _ in range(2):
+        c.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        c.shutdown()

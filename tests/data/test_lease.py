@@ -212,7 +212,8 @@ def test_a_loop_whose_lease_is_taken_mid_stage_commits_nothing_more(tmp_path, mo
     from cluster.loop import Loop
     from collapse import config as cf
     run = str(tmp_path / "run")
-    cfg = cf.load_config("tiny", [f"run.run_dir={run}"])
+    # stages in this process (not in stage runner actors), so that the patched stage is the one that runs
+    cfg = cf.load_config("tiny", [f"run.run_dir={run}", "resources.max_parallel_stages=1"])
     lease = _lease(run, clock=time.time).acquire()
     loop = Loop(cfg, progress=lambda *_: None, lease=lease)
 

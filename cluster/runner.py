@@ -1,0 +1,50 @@
+"""The stage runner: an actor that runs one stage of a plan at a time, for the loop's scheduler.
+
+Stages that run side by side each run in their own process: Ray Data keeps one global
+``DataContext`` per process and Ray Train starts one controller per ``fit()`` call, so stages in
+threads of one driver would share what they must not. A runner holds a :class:`cluster.loop.Loop`
+of the run's config without the lease: the driver holds the lease, clears half-writes and commits
+every stage record; the runner only computes and writes the stage's outputs. Its progress lines are
+kept until the driver collects them (``drain``), so that they reach the driver's progress callback.
+
+Runners ask for no CPU of their own (what a stage uses is what its resources declare, counted by
+``collapse.schedule``) and prefer the driver's node, where a local run directory lives.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+
+class StageRunner:
+    def __init__(self, cfg, storage_options: dict | None):
+        from cluster.loop import Loop
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+        self.loop = Loop(cfg, progress=self.say)
+        self.loop.so = storage_options  # the driver's (its environment does not reach this actor)
+
+    def say(self, line: str) -> None:
+        with self.lock:
+            self.lines.append(str(line))
+
+    def drain(self) -> list[str]:
+        with self.lock:
+            out, self.lines = self.lines, []
+        return out
+
+    def run(self, key: str) -> dict:
+        """Run the stage ``key`` (its retries and rebuilds included); its start (UTC) and wall seconds."""
+        stage = self.loop.plan[key]
+        started, t0 = time.time(), time.perf_counter()
+        self.loop.run_stage(stage)
+        return {"started": started, "wall": time.perf_counter() - t0}
+
+
+def start_runner(cfg, storage_options: dict | None):
+    """A new runner actor on (preferably) this process's node, with the run's storage options."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    here = ray.get_runtime_context().get_node_id()
+    actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(StageRunner)
+    return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(cfg, storage_options)

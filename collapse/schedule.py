@@ -1,0 +1,58 @@
+"""Which stages of a plan may start now: the plan as a DAG (``Stage.after``), under a resource budget.
+
+Pure: no storage, no Ray. ``cluster.loop`` asks :func:`startable` each time a stage finishes.
+
+A stage is *ready* when every stage in its ``after`` is finished (committed, in this run or an
+earlier one). Ready stages start in plan order (earlier generations first, so chains advance side by
+side) while the CPUs and GPUs their resources declare (:func:`demand`) fit in what the running
+stages leave of the cluster's, and fewer than ``cap`` stages run (0: no cap). A stage that asks for
+more than the whole cluster still starts when nothing else runs (Ray then waits for, or an
+autoscaler adds, the nodes it needs): a run never stalls on its own declaration.
+"""
+from __future__ import annotations
+
+RESOURCES = ("CPU", "GPU")
+
+
+def demand(stage) -> dict[str, float]:
+    """The CPUs and GPUs ``stage`` holds while it runs: its minimum of workers or actors, each with
+    ``cpus``/``gpus`` (a stage split into ``shards`` actors holds that many), and at least one CPU of
+    the process that runs the stage itself (the stage runner: gathers, writes, in-process features)."""
+    r = stage.resources
+    count = max(r.get("min", 1), r.get("shards", 1) if stage.name in ("score", "select") else 1)
+    return {"CPU": max(1.0, count * float(r.get("cpus", 0.0))), "GPU": count * float(r.get("gpus", 0.0))}
+
+
+def ready(stages, finished: set[str], running: set[str]) -> list:
+    """Stages (in the given order) neither finished nor running whose ``after`` are all finished."""
+    return [s for s in stages if s.key not in finished and s.key not in running and set(s.after) <= finished]
+
+
+def startable(stages, finished: set[str], running: dict[str, dict], capacity: dict[str, float],
+              cap: int = 0) -> list:
+    """The ready stages to start now, in order. ``running``: key -> demand of each running stage;
+    ``capacity``: the cluster's CPU and GPU totals; ``cap``: at most this many running (0: none)."""
+    used = {k: sum(d.get(k, 0.0) for d in running.values()) for k in RESOURCES}
+    count, out = len(running), []
+    for s in ready(stages, finished, set(running)):
+        if cap and count >= cap:
+            break
+        need = demand(s)
+        if count and any(need[k] and used[k] + need[k] > capacity.get(k, 0.0) + 1e-9 for k in RESOURCES):
+            continue  # a later, smaller stage may still fit (the order only ranks the ready ones)
+        out.append(s)
+        count += 1
+        used = {k: used[k] + need[k] for k in RESOURCES}
+    return out
+
+
+def overlaps(records: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of stage keys whose [started_at, ended_at] intervals overlap (stage records)."""
+    rs = sorted((r for r in records if r.get("started_at") is not None), key=lambda r: r["started_at"])
+    pairs = []
+    for i, a in enumerate(rs):
+        for b in rs[i + 1:]:
+            if b["started_at"] >= a["ended_at"]:
+                break
+            pairs.append((a["key"], b["key"]))
+    return pairs

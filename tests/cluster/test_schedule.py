@@ -1,0 +1,74 @@
+"""Stages of independent strategies side by side (cluster.loop.Loop.run_side_by_side) on a simulated
+3-node loopback cluster: the stage records overlap in time across strategies, and the selections and
+metrics equal those of the same run forced one stage after another."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collapse import config as cf
+from collapse.data import manifest as mf
+from collapse.plan import plan
+from collapse.schedule import overlaps
+from tests.cluster.test_loop import _assert_same_metrics
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ("vanilla", "greedy", "tdf")
+THREE = ("strategies=[{name: vanilla, kind: vanilla}, {name: greedy, kind: greedy, pool_factor: 2, features: pixel},"
+         " {name: tdf, kind: tdf, pool_factor: 2, features: pixel, tau0: 20.0, alpha: 0.9}]")
+
+
+def _collapse_run(cluster, run_dir: Path, *sets: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(run_dir),
+                        "--address", cluster.address, "--set", THREE, *(a for s in sets for a in ("--set", s))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Traceback" not in out, out[-4000:]
+    return r.stdout
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (run_dir / "stages").rglob(mf.MANIFEST_NAME)]
+
+
+def _across_strategies(pairs) -> list[tuple[str, str]]:
+    owner = (lambda key: key.split("/")[0] if "/" in key else None)
+    return [(a, b) for a, b in pairs if owner(a) in STRATEGIES and owner(b) in STRATEGIES and owner(a) != owner(b)]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("stage_seconds")
+    return rows
+
+
+def _selections(run_dir: Path) -> dict:
+    return {s: [k["key"] for k in mf.read_manifest(str(run_dir / s / "gen-001" / "selection"))["kept"]]
+            for s in STRATEGIES}
+
+
+def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(three_nodes, tmp_path):
+    side = _collapse_run(three_nodes, tmp_path / "side-by-side")
+    seq = _collapse_run(three_nodes, tmp_path / "sequential", "resources.max_parallel_stages=1")
+
+    rec_side, rec_seq = _records(tmp_path / "side-by-side"), _records(tmp_path / "sequential")
+    assert len(rec_side) == len(rec_seq) == 23
+    together = _across_strategies(overlaps(rec_side))
+    trains = {frozenset(p) for p in together if all(k.endswith("/train") for k in p)}
+    # the three trainings of generation 2 (one CPU each, four CPUs on the worker nodes) ran at once
+    assert trains == {frozenset((f"{a}/gen-002/train", f"{b}/gen-002/train"))
+                      for a, b in (("vanilla", "greedy"), ("vanilla", "tdf"), ("greedy", "tdf"))}, together
+    assert "(beside " in side
+    assert overlaps(rec_seq) == [] and "(beside " not in seq
+    # a stage starts only after every stage it reads has ended
+    by_key = {r["key"]: r for r in rec_side}
+    for st in plan(cf.load_config("tiny", [f"run.run_dir={tmp_path / 'side-by-side'}", THREE])):
+        assert all(by_key[a]["ended_at"] <= by_key[st.key]["started_at"] for a in st.after), st.key
+
+    assert _selections(tmp_path / "side-by-side") == _selections(tmp_path / "sequential")
+    _assert_same_metrics(_metrics(tmp_path / "sequential"), _metrics(tmp_path / "side-by-side"))
