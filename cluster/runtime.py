@@ -57,7 +57,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, extra_env: 
         port = int(os.environ.get("RAY_GCS_SERVER_PORT") or free_port())
         env.setdefault("RAY_ADDRESS", f"127.0.0.1:{port}")
         with _reaped_local_ray(), _environ(RAY_GCS_SERVER_PORT=str(port)):
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+            # address="local": a new Ray even where another one is running on this machine (without
+            # it ray.init joins the last one `ray start` or a Cluster wrote to /tmp/ray, and refuses num_cpus)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                      runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
                      configure_logging=True, logging_level="WARNING")
     quiet_data()

@@ -72,3 +72,17 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
 
     assert _selections(tmp_path / "side-by-side") == _selections(tmp_path / "sequential")
     _assert_same_metrics(_metrics(tmp_path / "sequential"), _metrics(tmp_path / "side-by-side"))
+
+
+def test_a_local_ray_starts_beside_another_ray_on_the_machine(three_nodes):
+    """A driver without an address starts its own Ray even while another runs here: ray.init alone
+    would join the cluster the last `ray start` (or Cluster) recorded in /tmp/ray, and refuse num_cpus
+    (`make demo` failed so beside a running cluster)."""
+    code = ("from cluster.runtime import connect\n"
+            "ray = connect(num_cpus=3)\n"
+            "print('CPUs', ray.cluster_resources().get('CPU'), 'nodes', len(ray.nodes()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "CPUs 3.0 nodes 1" in r.stdout, r.stdout  # its own one-node Ray, not the 3-node cluster's 4 CPUs
