@@ -1,16 +1,32 @@
-"""Selection at scale (issue 11, part 1): greedy and tdf over a large pool split across Ray actors
-(cluster.selection) against single-process ``collapse.selection.select``, in one run: identical picks,
-and the ratio of the two wall times (start-up of the actors included, and printed apart).
+"""Issue 11 at scale, each part a ratio measured in the same run.
 
-Usage: python bench/bench_scale.py [--candidates 1000000] [--dim 128] [--n 200] [--shards 2]
-The target is identical picks; the ratio says what the round trips cost where the shards share the
-driver's machine (on a cluster each shard is a node's cores or a GPU, and the ratio is the speed-up).
-Parts 2 and 3 of issue 11 (the driver's peak memory while a loop scores and selects, concurrent
-chains against sequential ones) are not measured here yet.
+Part 1: greedy and tdf over a large pool split across Ray actors (cluster.selection) against
+single-process ``collapse.selection.select``: identical picks, and the ratio of the two wall times
+(start-up of the actors included, and printed apart). The ratio says what the round trips cost where
+the shards share the driver's machine (on a cluster each shard is a node's cores or a GPU).
+
+Part 3: the wall time of a 3-strategy tiny run whose stages run side by side (the default) against
+the same run forced one stage after another (resources.max_parallel_stages=1), both on a simulated
+3-node loopback cluster (ray.cluster_utils.Cluster: a head without CPUs, two nodes of 2 CPUs), and
+whether their selections and metrics agree. Here the nodes share two cores, so what overlapping
+gains is mostly the start-up of workers and actors; on a cluster it is the nodes' compute.
+
+Part 2: the memory of a loop that scores and selects over a pool of 2x10^5 images (16x16 grey,
+N = 1000, greedy with k = 200, pixel space), against the size of that pool's features (2x10^5 x 256
+float32): the driver's peak RSS growth while the stages run (it holds URLs and records only), and the
+peak RSS of the stage runners, where the featurize, score and select stages hold their arrays.
+
+Usage: python bench/bench_scale.py [--parts 1,2,3] [--candidates 1000000] [--dim 128] [--n 200] [--shards 2]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -23,8 +39,19 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200, help="items to keep")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--tau0", type=float, default=14.0, help="tdf's initial radius (features ~ N(0, 1) per dim)")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run, comma-separated")
     args = ap.parse_args(argv)
+    parts = {int(p) for p in args.parts.split(",")}
+    if 1 in parts and part1(args):
+        return 1
+    if 2 in parts and part2():
+        return 1
+    if 3 in parts and part3():
+        return 1
+    return 0
 
+
+def part1(args) -> int:
     import ray
 
     from cluster.runtime import connect
@@ -33,7 +60,7 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.candidates, args.dim)).astype(np.float32)
-    print(f"pool: {args.candidates} x {args.dim} float32 ({x.nbytes / 2**20:.0f} MiB), keep {args.n}, "
+    print(f"part 1: pool {args.candidates} x {args.dim} float32 ({x.nbytes / 2**20:.0f} MiB), keep {args.n}, "
           f"{args.shards} shards")
     connect(num_cpus=max(args.shards, 2), log_to_driver=False)
     try:
@@ -57,6 +84,153 @@ def main(argv=None) -> int:
     finally:
         ray.shutdown()
     return 0
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+THREE = ("strategies=[{name: vanilla, kind: vanilla}, {name: greedy, kind: greedy, pool_factor: 2, features: pixel},"
+         " {name: tdf, kind: tdf, pool_factor: 2, features: pixel, tau0: 20.0, alpha: 0.9}]")
+
+
+def part3() -> int:
+    import cluster  # noqa: F401 - Ray's loopback settings, before ray is imported
+    from ray.cluster_utils import Cluster
+
+    from collapse.schedule import overlaps
+    c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1"})
+    for _ in range(2):
+        c.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    walls, results = {}, {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for mode, extra in (("side by side", []), ("one after another", ["--set", "resources.max_parallel_stages=1"])):
+                run = pathlib.Path(tmp) / mode.replace(" ", "-")
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(run),
+                                    "--address", c.address, "--set", THREE, *extra], cwd=ROOT, capture_output=True,
+                                   text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                walls[mode] = time.perf_counter() - t
+                if r.returncode != 0:
+                    print(f"part 3: the {mode} run failed:\n{(r.stdout + r.stderr)[-3000:]}")
+                    return 1
+                recs = [json.loads(p.read_text()) for p in (run / "stages").rglob("manifest.json")]
+                rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                sel = {s: json.loads((run / s / "gen-001" / "selection" / "manifest.json").read_text())["kept"]
+                       for s in ("vanilla", "greedy", "tdf")}
+                results[mode] = ([{k: v for k, v in row.items() if k != "stage_seconds"} for row in rows], sel)
+                print(f"part 3: {mode}: {walls[mode]:.0f} s for {len(recs)} stages, "
+                      f"{len(overlaps(recs))} pairs of stages overlapping in time")
+    finally:
+        c.shutdown()
+    a, b = results["side by side"], results["one after another"]
+    same_sel = a[1] == b[1]
+    same_metrics = _close(a[0], b[0])
+    print(f"part 3: ratio side by side / one after another {walls['side by side'] / walls['one after another']:.2f}; "
+          f"same selections: {same_sel}; same metrics (to 1e-9 relative): {same_metrics}")
+    return 0 if same_sel and same_metrics else 1
+
+
+def _peak_kib(pid: int | str = "self") -> int:
+    """VmHWM (peak resident set) of a process, KiB; 0 when it is gone."""
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _rss_kib(pid: int | str = "self") -> int:
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _runner_pids() -> list[int]:
+    out = []
+    for cmd in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmd.read_bytes().startswith(b"ray::StageRunner"):
+                out.append(int(cmd.parent.name))
+        except OSError:
+            pass
+    return out
+
+
+def part2(pool: int = 200_000, n: int = 1000) -> int:
+    """Score and select over a written pool of ``pool`` images, through the loop's own scheduler."""
+    import threading
+
+    import ray
+
+    from cluster.loop import Loop
+    from cluster.runtime import connect
+    from collapse import config as cf
+    from collapse.data.samples import Sample, write_sample_set
+    from collapse.plan import SHARED
+    k = pool // n
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = cf.load_config("tiny", [f"run.run_dir={tmp}/run", f"data.n={n}", f"metrics.gs_samples={n}",
+                                      "metrics.classifier_images=0", "data.holdout=1000", "sample.shard_size=5000",
+                                      f"strategies=[{{name: greedy, kind: greedy, pool_factor: {k}, features: pixel}}]"])
+        loop = Loop(cfg, progress=lambda line: None)
+        L, rng = loop.L, np.random.default_rng(0)
+
+        def images(prefix, count):
+            for i in range(count):
+                yield Sample(f"{prefix}-{i:07d}", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+        t = time.perf_counter()
+        for url, prefix, count in ((L.real("train"), "real", n), (L.real("holdout"), "hold", 1000),
+                                   (L.train_set(SHARED, 1), "real", n), (L.pool(SHARED, 1), "gen1", pool)):
+            rng = np.random.default_rng(0 if prefix == "real" else hash(prefix) % 2**32)
+            write_sample_set(url, images(prefix, count), shard_size=5000)
+        feature_bytes = pool * 16 * 16 * 4
+        print(f"part 2: wrote a pool of {pool} images ({time.perf_counter() - t:.0f} s); its pixel features: "
+              f"{feature_bytes / 2**20:.0f} MiB")
+        connect(num_cpus=4, log_to_driver=False)
+        try:
+            todo = [loop.plan[key] for key in ("featurize-real", "shared/gen-001/featurize", "shared/gen-001/score",
+                                               "greedy/gen-001/select")]
+            base, peaks, stop = _rss_kib(), {}, threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    peaks["driver"] = max(peaks.get("driver", 0), _rss_kib())
+                    for pid in _runner_pids():
+                        peaks[pid] = max(peaks.get(pid, 0), _rss_kib(pid))
+                    time.sleep(0.05)
+            w = threading.Thread(target=watch, daemon=True)
+            w.start()
+            t = time.perf_counter()
+            loop.run_side_by_side(todo)
+            wall = time.perf_counter() - t
+            stop.set()
+            w.join()
+        finally:
+            ray.shutdown()
+        kept = len(json.loads(pathlib.Path(L.selection("greedy", 1), "manifest.json").read_text())["kept"])
+    grew = (peaks["driver"] - base) * 1024
+    runner = max(v for key, v in peaks.items() if key != "driver") * 1024
+    print(f"part 2: featurize, score, select ({kept} of {pool} kept) in {wall:.0f} s; the driver's RSS grew by "
+          f"{grew / 2**20:.0f} MiB (ratio to the features {grew / feature_bytes:.2f}; target < 1); the largest stage "
+          f"runner peaked at {runner / 2**20:.0f} MiB (ratio {runner / feature_bytes:.2f}, its libraries included)")
+    return 0 if grew < feature_bytes else 1
+
+
+def _close(a, b) -> bool:
+    """Equal structures, floats within 1e-9 relative (the score runs in another process in each mode)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    return a == b
 
 
 if __name__ == "__main__":

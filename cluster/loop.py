@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from cluster.featurize import featurize
+from cluster.materialize import IN_PROCESS_SHARDS, write_subset_tasks
 from cluster.sample import SampleSpec, sample_pool
 from cluster.runtime import lost_to_the_cluster
 from cluster.score import ShardedKNN
@@ -32,7 +33,7 @@ from collapse.classifier import (classifier_figures, load_classifier, read_class
 from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.importers import ingest, labelled_training_images
-from collapse.data.samples import SampleSet, write_subset
+from collapse.data.samples import SampleSet, annotated, write_subset
 from collapse.data.urls import RunLayout
 from collapse.errors import ConfigError, DamagedError, find_damage
 from collapse.metrics import generation_metrics
@@ -95,8 +96,6 @@ class Loop:
         number = {s.key: i for i, s in enumerate(self.plan, 1)}
         finished = {s.key for s in self.plan if s not in todo}
         cap = self.cfg.resources.max_parallel_stages
-        totals = ray.cluster_resources()
-        capacity = {"CPU": float(totals.get("CPU", 0.0)), "GPU": float(totals.get("GPU", 0.0))}
         idle, running, failure = [], {}, None  # running: ref -> (stage, runner, attempt)
         eta, t_start = ETA(side_by_side=True), time.perf_counter()
 
@@ -119,6 +118,8 @@ class Loop:
         try:
             while True:
                 if failure is None:
+                    totals = ray.cluster_resources()  # read again each time: a cluster may grow or shrink
+                    capacity = {"CPU": float(totals.get("CPU", 0.0)), "GPU": float(totals.get("GPU", 0.0))}
                     demands = {s.key: demand(s) for s, _, _ in running.values()}
                     for stage in startable(todo, finished, demands, capacity, cap):
                         launch(stage)
@@ -276,8 +277,7 @@ class Loop:
 
     def stage_train_set(self, st) -> None:
         real = SampleSet(st.inputs["real"], self.so)
-        write_subset([real], real.keys[:st.params["N"]], st.outputs["train_set"], overwrite=True,
-                      shard_size=self.cfg.sample.shard_size, storage_options=self.so)
+        self.write_subset([real], real.keys[:st.params["N"]], st.outputs["train_set"])
 
     def stage_train(self, st) -> None:
         r = st.resources
@@ -364,14 +364,23 @@ class Loop:
         decision["dropped"] = [k for k in ts.candidates if k not in kept]
         mf.write_manifest(st.outputs["selection"], {"kind": "selection", **decision}, self.so)
 
-        def annotate(sample):
-            why = {"strategy": p["name"], "generation": n, "how": ts.how, "kept": True,
-                   "forced": sample.key in ts.forced, **reasons.get(sample.key, {})}
-            return dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [why])
-        write_subset(sources, list(keys), st.outputs["train_set"], annotate=annotate, overwrite=True,
-                     shard_size=self.cfg.sample.shard_size, storage_options=self.so)
+        forced = set(ts.forced)
+        why = {k: {"strategy": p["name"], "generation": n, "how": ts.how, "kept": True, "forced": k in forced,
+                   **reasons.get(k, {})} for k in keys}
+        self.write_subset(sources, list(keys), st.outputs["train_set"], why)
 
     # -- helpers
+    def write_subset(self, sources, keys: list[str], out_url: str, why: dict | None = None) -> None:
+        """D_n at ``out_url`` (its samples' lineage extended by ``why``): in this process when it is a few
+        shards, else by tasks that hold a shard each (cluster.materialize); the same bytes either way."""
+        size = self.cfg.sample.shard_size
+        if math.ceil(len(keys) / size) <= IN_PROCESS_SHARDS:
+            write_subset(sources, keys, out_url, annotate=(lambda s: annotated(s, why.get(s.key)).meta) if why else None,
+                         overwrite=True, shard_size=size, storage_options=self.so)
+        else:
+            write_subset_tasks(sources, keys, out_url, why=why, shard_size=size, overwrite=True,
+                               storage_options=self.so)
+
     def featurize(self, set_url: str, extractor: str, r: dict) -> np.ndarray:
         options = {"url": self.L.classifier, "storage_options": self.so} if extractor == "classifier" else None
         return featurize(set_url, extractor, min_actors=1, max_actors=max(1, r.get("max", 1)), cpus_per_actor=r["cpus"],

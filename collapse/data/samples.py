@@ -304,6 +304,51 @@ def iter_tar_samples(data: bytes, where: str, shape: tuple | None = None) -> Ite
         yield Sample(key, image, meta)
 
 
+@dataclass(frozen=True)
+class SubsetPlan:
+    """How to materialize ``keys`` of ``sources`` shard by shard without holding the subset in one
+    process: ``shards[i]`` are the keys of output shard i (``keys`` cut into ``shard_size`` runs, as
+    :func:`write_subset` cuts them); ``reads`` lists every source shard that holds one of them once,
+    as (source set URL, shard index, {key: output shard}) in source order."""
+    shards: tuple[tuple[str, ...], ...]
+    reads: tuple[tuple[str, int, dict], ...]
+
+    def feeds(self, read: int) -> list[int]:
+        """The output shards that read ``read`` contributes to, ascending."""
+        return sorted(set(self.reads[read][2].values()))
+
+
+def plan_subset(sources: Sequence[SampleSet], keys: Sequence[str], shard_size: int) -> SubsetPlan:
+    """The :class:`SubsetPlan` of ``keys`` (each taken from the first source that holds it), from the
+    manifests alone. Refuses missing and repeated keys as :func:`write_subset` does."""
+    if shard_size < 1:
+        raise DataError(f"shard size {shard_size}: expected at least 1 sample per shard")
+    where: dict[str, tuple[int, int]] = {}
+    for a, src in enumerate(sources):
+        for j, record in enumerate(src.shards):
+            for k in record["keys"]:
+                where.setdefault(k, (a, j))
+    missing = [k for k in keys if k not in where]
+    if missing:
+        raise DataError(f"{len(missing)} keys are in none of {[s.url for s in sources]}, e.g. {missing[:3]}")
+    if len(set(keys)) != len(keys):
+        raise DataError("write_subset: keys repeat")
+    shards = tuple(tuple(keys[i:i + shard_size]) for i in range(0, len(keys), shard_size))
+    wanted: dict[tuple[int, int], dict] = {}
+    for out, chunk in enumerate(shards):
+        for k in chunk:
+            wanted.setdefault(where[k], {})[k] = out
+    reads = tuple((sources[a].url, j, wanted[(a, j)]) for a, j in sorted(wanted))
+    return SubsetPlan(shards, reads)
+
+
+def annotated(sample: Sample, why: dict | None) -> Sample:
+    """``sample`` with ``why`` (a selection decision) appended to its lineage's ``decisions``."""
+    if why is None:
+        return sample
+    return Sample(sample.key, sample.image, dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [why]))
+
+
 def write_subset(sources: Sequence[SampleSet], keys: Sequence[str], out_url: str, *,
                  annotate=None, shard_size: int = 1000, config_hash: str = "", extra: dict | None = None,
                  overwrite: bool = False, storage_options: dict | None = None) -> dict:
