@@ -166,6 +166,7 @@ def part2(pool: int = 200_000, n: int = 1000) -> int:
     """Score and select over a written pool of ``pool`` images, through the loop's own scheduler."""
     import threading
 
+    import cluster  # noqa: F401 - Ray's loopback settings, before ray is imported
     import ray
 
     from cluster.loop import Loop
@@ -183,7 +184,8 @@ def part2(pool: int = 200_000, n: int = 1000) -> int:
 
         def images(prefix, count):
             for i in range(count):
-                yield Sample(f"{prefix}-{i:07d}", rng.integers(0, 256, (16, 16), dtype=np.uint8))
+                meta = {"source": "real"} if prefix != "gen1" else {"source": "gen-001", "model": "bench", "seed": i}
+                yield Sample(f"{prefix}-{i:07d}", rng.integers(0, 256, (16, 16), dtype=np.uint8), meta)
         t = time.perf_counter()
         for url, prefix, count in ((L.real("train"), "real", n), (L.real("holdout"), "hold", 1000),
                                    (L.train_set(SHARED, 1), "real", n), (L.pool(SHARED, 1), "gen1", pool)):

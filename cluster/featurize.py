@@ -1,15 +1,17 @@
 """The featurizing stage: an actor pool computes a set's features with a named extractor, once.
 
 Each actor loads the extractor once (``collapse.features.get_extractor``) and turns whole shards
-into feature rows; the driver gathers them and stores them inside the set
-(``<set>/features/<name>/``, committed by a manifest). A set already featurized is skipped.
+into feature rows, which it stores inside the set (``<set>/features/<name>/shard-NNNNNN.npy``); the
+caller commits the manifest once every shard is written. A set already featurized is skipped.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
 from cluster.runtime import map_actor_pool
-from collapse.data.features import has_features, load_features, save_features
+from collapse.data.features import commit_features, has_features, load_features, save_feature_shard
 from collapse.data.samples import SampleSet
 
 
@@ -19,7 +21,8 @@ IN_DRIVER = ("pixel", "classifier")
 
 
 class Featurizer:
-    """Ray Data callable class: one extractor per actor; a batch of shard indices in, feature rows out."""
+    """Ray Data callable class: one extractor per actor; a batch of shard indices in, and for each
+    shard its feature rows written beside the set (``save_feature_shard``) and its record out."""
 
     def __init__(self, set_url: str, extractor: str, storage_options=None, threads: int = 1, batch_size: int = 256,
                  options: dict | None = None):
@@ -27,26 +30,31 @@ class Featurizer:
 
         from collapse.features import get_extractor
         torch.set_num_threads(threads)
-        self.set = SampleSet(set_url, storage_options)
+        self.set, self.name = SampleSet(set_url, storage_options), extractor
         self.extract = get_extractor(extractor, device="cuda" if torch.cuda.is_available() else "cpu",
                                      **(options or {}))
         self.batch_size = batch_size
 
+    def rows(self, j: int) -> np.ndarray:
+        """Shard ``j``'s features (float32, its key order)."""
+        samples, rows = list(self.set.read_shard(j)), []
+        for s in range(0, len(samples), self.batch_size):
+            chunk = samples[s:s + self.batch_size]
+            rows.append(np.asarray(self.extract(np.stack([x.image for x in chunk])), dtype=np.float32))
+        return np.concatenate(rows)
+
+    def save(self, j: int) -> dict:
+        return save_feature_shard(self.set, self.name, j, self.rows(j))
+
     def __call__(self, batch: dict) -> dict:
-        keys, rows = [], []
-        for j in batch["shard"]:
-            samples = list(self.set.read_shard(int(j)))
-            for s in range(0, len(samples), self.batch_size):
-                chunk = samples[s:s + self.batch_size]
-                rows.append(np.asarray(self.extract(np.stack([x.image for x in chunk])), dtype=np.float32))
-                keys += [x.key for x in chunk]
-        return {"key": keys, "features": list(np.concatenate(rows))}
+        return {"record": [json.dumps(self.save(int(j))) for j in batch["shard"]]}
 
 
 def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: int = 1, cpus_per_actor: float = 1.0,
               gpus_per_actor: float = 0.0, storage_options: dict | None = None, options: dict | None = None,
               progress=print) -> np.ndarray:
-    """Features (N, d) of the set at ``set_url`` in its key order, computed once and stored beside it.
+    """Features (N, d) of the set at ``set_url`` in its key order, computed once and stored beside it
+    (shard by shard: no process holds more than a shard's rows until the caller loads them).
     ``options``: the extractor's (collapse.features), e.g. the classifier's ``url``."""
     sample_set = SampleSet(set_url, storage_options)
     identity = extractor_identity(options, storage_options)
@@ -56,13 +64,11 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     if extractor in IN_DRIVER:
         import torch
         f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads(), options=options)
-        rows = [r for j in range(len(sample_set.shards)) for r in _rows(f({"shard": [j]}))]
+        records = [f.save(j) for j in range(len(sample_set.shards))]
     else:
-        rows = _actor_rows(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
-                           storage_options, options)
-    keys = [r["key"] for r in rows]
-    values = np.stack([np.asarray(r["features"], dtype=np.float32) for r in rows])
-    save_features(sample_set, extractor, keys, values, identity)
+        records = _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor,
+                                 gpus_per_actor, storage_options, options)
+    commit_features(sample_set, extractor, records, identity)
     return load_features(sample_set, extractor)
 
 
@@ -83,14 +89,12 @@ def extractor_identity(options: dict | None, storage_options: dict | None = None
     return hashlib.sha256(mf.canonical_json(parts).encode()).hexdigest()[:16]
 
 
-def _rows(batch: dict) -> list[dict]:
-    return [{"key": k, "features": f} for k, f in zip(batch["key"], batch["features"])]
-
-
-def _actor_rows(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
-                storage_options, options) -> list[dict]:
-    return map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
-                          {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
-                           "threads": max(1, int(cpus_per_actor)), "options": options},
-                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
-                          gpus_per_actor=gpus_per_actor)
+def _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
+                   storage_options, options) -> list[dict]:
+    out = map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
+                         {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
+                          "threads": max(1, int(cpus_per_actor)), "options": options},
+                         min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
+                         gpus_per_actor=gpus_per_actor)
+    order = {r["name"].replace(".tar", ".npy"): j for j, r in enumerate(sample_set.shards)}
+    return sorted((json.loads(row["record"]) for row in out), key=lambda r: order[r["name"]])

@@ -139,22 +139,34 @@ def numpy_file(path: str) -> Source:
 
 
 def webdataset_urls(pattern: str, storage_options: dict | None = None) -> Source:
+    """Existing WebDataset shards, one in memory at a time: a first pass keeps each sample's shard,
+    key, label and origin (not its image); ``load(i)`` reads the shard that holds sample i (ingest
+    asks in ascending order, so each shard is read once more)."""
     from braceexpand import braceexpand
     urls = list(braceexpand(pattern))
-    records = []  # (image bytes, label, origin) of every sample; decoded lazily
-    for url in urls:
-        try:
-            data = storage.read_bytes(url, storage_options)
-        except FileNotFoundError:
-            raise DataError(f"WebDataset shard {url!r} not found") from None
-        records.extend(_foreign_samples(data, url))
-    labels = [r[1] for r in records]
+    index = []  # (shard position, key, label, origin) of every sample
+    for u, url in enumerate(urls):
+        index.extend((u, key, label, origin) for key, _, label, origin in _foreign_samples(_shard(url, storage_options), url))
+    labels = [r[2] for r in index]
+    cache: dict = {}
 
     def load(i):
         from collapse.data.samples import decode_png
-        return decode_png(records[i][0], records[i][2])
-    return Source("wds", len(records), load, labels if all(v is not None for v in labels) else None,
-                  lambda i: records[i][2])
+        u, key, _, origin = index[i]
+        if cache.get("shard") != u:  # drop the previous shard before reading the next
+            cache.clear()
+            cache.update(shard=u, images={k: img for k, img, _, _ in _foreign_samples(_shard(urls[u], storage_options),
+                                                                                      urls[u])})
+        return decode_png(cache["images"][key], origin)
+    return Source("wds", len(index), load, labels if all(v is not None for v in labels) else None,
+                  lambda i: index[i][3])
+
+
+def _shard(url: str, storage_options: dict | None) -> bytes:
+    try:
+        return storage.read_bytes(url, storage_options)
+    except FileNotFoundError:
+        raise DataError(f"WebDataset shard {url!r} not found") from None
 
 
 def _foreign_samples(data: bytes, url: str):
@@ -177,7 +189,7 @@ def _foreign_samples(data: bytes, url: str):
             label = int(parts["cls"].decode().strip())
         elif "json" in parts:
             label = json.loads(parts["json"]).get("label")
-        yield img, label, f"{url}#{key}"
+        yield key, img, label, f"{url}#{key}"
 
 
 def open_source(spec: str, storage_options: dict | None = None) -> tuple[Source, Source | None]:

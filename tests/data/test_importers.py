@@ -133,3 +133,32 @@ def test_unknown_source_and_missing_files(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="no image files"):
         ingest(f"folder:{empty}", str(tmp_path / "x"), **QUIET)
+
+
+def test_a_webdataset_source_is_read_one_shard_at_a_time(tmp_path, monkeypatch):
+    from collapse.data import importers, storage
+    for s in range(3):
+        with tarfile.open(tmp_path / f"part-{s}.tar", "w") as tar:
+            for i in range(5):
+                buf = io.BytesIO()
+                Image.fromarray(np.full((6, 6), 10 * (5 * s + i), np.uint8)).save(buf, format="PNG")
+                for name, data in ((f"s{s}i{i}.png", buf.getvalue()), (f"s{s}i{i}.cls", str(i).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    reads = []
+    real_read = storage.read_bytes
+
+    def counted(url, *a, **k):
+        reads.append(url)
+        return real_read(url, *a, **k)
+    monkeypatch.setattr(storage, "read_bytes", counted)
+    src = importers.webdataset_urls(f"{tmp_path}/part-{{0..2}}.tar")
+    assert src.count == 15 and src.labels == [0, 1, 2, 3, 4] * 3
+    for i in range(15):
+        assert src.load(i)[0, 0] == 10 * i
+    per_shard = {u: reads.count(u) for u in set(reads)}
+    assert sorted(per_shard.values()) == [2, 2, 2]  # the index pass, then one read while loading in order
+    ingest(f"wds:{tmp_path}/part-{{0..2}}.tar", str(tmp_path / "w"), n=8, holdout=4, **QUIET)
+    train = open_sample_set(str(tmp_path / "w/train"))
+    assert train.count == 8 and len(set(train.keys) & set(open_sample_set(str(tmp_path / "w/holdout")).keys)) == 0
