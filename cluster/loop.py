@@ -7,8 +7,13 @@ For each generation n, for each strategy (generation 1 shared):
     score     H(D_n), GS and memorization of P_n against D_n, quality against held-out real data
     select    D_{n+1} from the candidates of the paradigm  (collapse.paradigms + collapse.selection)
 
-A stage that finishes commits ``<run>/stages/<key>/manifest.json`` (its config hash and wall time)
-last; a stage whose record holds the same hash is skipped. Inside a stage, every output also
+Stages run as a DAG (``run_side_by_side``, collapse.schedule): a stage starts once every stage in
+its ``after`` is committed and the CPUs and GPUs its resources declare fit beside the running
+ones, each in a stage runner actor (cluster.runner), so that the chains of different strategies
+overlap; ``resources.max_parallel_stages = 1`` runs them one after another in this process.
+
+A stage that finishes commits ``<run>/stages/<key>/manifest.json`` (its config hash, wall time,
+started_at and ended_at) last, from the driver; a stage whose record holds the same hash is skipped. Inside a stage, every output also
 commits its own manifest, so an interrupted stage redoes only what is missing.
 """
 from __future__ import annotations
@@ -346,7 +351,8 @@ class Loop:
             shards = min(len(x), st.resources.get("shards", 1))
             if shards > 1 and p["kind"] != "random":  # the pool across actors: the same picks (cluster.selection)
                 sel = sharded_select(x, ts.choose, p["kind"], seed=ts.seed, shards=shards,
-                                     cpus_per_shard=st.resources["cpus"], **params)
+                                     cpus_per_shard=st.resources["cpus"], gpus_per_shard=st.resources["gpus"],
+                                     **params)
             else:
                 sel = select(x, ts.choose, p["kind"], seed=ts.seed, **params)
             keys = ts.keys(sel.indices.tolist())

@@ -24,17 +24,22 @@ from collapse.selection import Selection, select
 class PoolShard:
     """Ray actor: rows ``[offset, offset + len(rows))`` of the pool and their min-distance state."""
 
-    def __init__(self, rows: np.ndarray, offset: int, mean: np.ndarray, chunk: int, threads: int = 1):
+    def __init__(self, rows: np.ndarray, offset: int, mean: np.ndarray, chunk: int, threads: int = 1,
+                 gpu: bool = False):
         import torch
 
         from collapse.knn import centred
         torch.set_num_threads(threads)
-        self.torch = torch
-        self.x = torch.from_numpy(centred(np.asarray(rows), mean, np.float64))
+        self.torch, dev = torch, torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.x = torch.from_numpy(centred(np.asarray(rows), mean, np.float64)).to(dev)
         self.sq = (self.x * self.x).sum(1)
         self.offset, self.n, self.chunk, self.res2 = int(offset), int(len(rows)), int(chunk), None
-        self.mind = torch.full((self.n,), float("inf"), dtype=torch.float64)
-        self.owner = torch.full((self.n,), -1, dtype=torch.int64)
+        self.mind = torch.full((self.n,), float("inf"), dtype=torch.float64, device=dev)
+        self.owner = torch.full((self.n,), -1, dtype=torch.int64, device=dev)
+        self.dev = dev
+
+    def _np(self, t):
+        return t.cpu().numpy()
 
     def max_sq(self) -> float:
         return float(self.sq.max())
@@ -44,13 +49,13 @@ class PoolShard:
 
     def row(self, i: int) -> tuple[np.ndarray, float]:
         j = int(i) - self.offset
-        return self.x[j].numpy(), float(self.sq[j])
+        return self._np(self.x[j]), float(self.sq[j])
 
     def add_one(self, c: int, xc: np.ndarray, sqc: float):
         """Update with kept item c (its centred row xc, squared norm sqc); the local farthest candidate:
         (value, global index, owner, row, squared norm)."""
         t = self.torch
-        xc_t = t.from_numpy(xc)
+        xc_t = t.from_numpy(xc).to(self.dev)
         for s in range(0, self.n, self.chunk):   # as collapse.selection._Space.update_one
             d2 = t.mv(self.x[s:s + self.chunk], xc_t).mul_(-2.0).add_(self.sq[s:s + self.chunk]).add_(sqc)
             d2.masked_fill_(d2 <= self.res2, 0.0)
@@ -60,12 +65,13 @@ class PoolShard:
         if self.offset <= c < self.offset + self.n:
             self.mind[c - self.offset] = -float("inf")
         j = int(t.argmax(self.mind))
-        return float(self.mind[j]), self.offset + j, int(self.owner[j]), self.x[j].numpy(), float(self.sq[j])
+        return float(self.mind[j]), self.offset + j, int(self.owner[j]), self._np(self.x[j]), float(self.sq[j])
 
     def add(self, new: np.ndarray, xn: np.ndarray, sqn: np.ndarray) -> None:
         """Update with the kept items ``new`` (global indices, centred rows, squared norms)."""
         t = self.torch
-        xn_t, sqn_t, new_t = t.from_numpy(xn), t.from_numpy(sqn), t.from_numpy(np.asarray(new, dtype=np.int64))
+        xn_t, sqn_t = t.from_numpy(xn).to(self.dev), t.from_numpy(sqn).to(self.dev)
+        new_t = t.from_numpy(np.asarray(new, dtype=np.int64)).to(self.dev)
         for s in range(0, self.n, self.chunk):   # as collapse.selection._Space.update
             d2 = self.sq[s:s + self.chunk, None] + sqn_t[None, :] - 2.0 * (self.x[s:s + self.chunk] @ xn_t.T)
             d2.masked_fill_(d2 <= self.res2, 0.0)
@@ -81,8 +87,8 @@ class PoolShard:
 
     def gather(self, rows: np.ndarray):
         """(mind, owner, centred rows, squared norms) of the global ``rows`` (all of them mine)."""
-        j = self.torch.from_numpy(np.asarray(rows, dtype=np.int64) - self.offset)
-        return self.mind[j].numpy(), self.owner[j].numpy(), self.x[j].numpy(), self.sq[j].numpy()
+        j = self.torch.from_numpy(np.asarray(rows, dtype=np.int64) - self.offset).to(self.dev)
+        return self._np(self.mind[j]), self._np(self.owner[j]), self._np(self.x[j]), self._np(self.sq[j])
 
     def pid(self) -> int:
         import os
@@ -93,7 +99,8 @@ class ShardedState:
     """collapse.selection's state protocol (``n``, ``add_one``, ``add``, ``top``, ``gather``, ``d2``)
     over ``shards`` PoolShard actors."""
 
-    def __init__(self, x: np.ndarray, shards: int, chunk: int, cpus_per_shard: float = 1.0):
+    def __init__(self, x: np.ndarray, shards: int, chunk: int, cpus_per_shard: float = 1.0,
+                 gpus_per_shard: float = 0.0):
         import ray
         self.ray = ray
         self.n, d = x.shape
@@ -101,8 +108,8 @@ class ShardedState:
             raise ValueError(f"shards must be in [1, pool={self.n}], got {shards}")
         mean = x.mean(axis=0, dtype=np.float64)          # as collapse.selection._Space
         self.bounds = np.linspace(0, self.n, shards + 1).astype(np.int64)
-        actor = ray.remote(num_cpus=cpus_per_shard, max_restarts=0)(PoolShard)
-        self.shards = [actor.remote(x[a:b], int(a), mean, chunk, max(1, int(cpus_per_shard)))
+        actor = ray.remote(num_cpus=cpus_per_shard, num_gpus=gpus_per_shard or None, max_restarts=0)(PoolShard)
+        self.shards = [actor.remote(x[a:b], int(a), mean, chunk, max(1, int(cpus_per_shard)), gpus_per_shard > 0)
                        for a, b in zip(self.bounds[:-1], self.bounds[1:])]
         max_sq = max(ray.get([s.max_sq.remote() for s in self.shards]))
         self.res2 = 4.0 * np.sqrt(d) * float(np.finfo(np.float64).eps) * max_sq
@@ -174,13 +181,15 @@ class ShardedState:
 
 
 def sharded_select(features, n: int, strategy: str, seed: int = 0, *, shards: int = 2, chunk: int = 16384,
-                   cpus_per_shard: float = 1.0, **params) -> Selection:
+                   cpus_per_shard: float = 1.0, gpus_per_shard: float = 0.0, **params) -> Selection:
     """``collapse.selection.select`` with the pool split across ``shards`` actors (greedy, tdf; a
-    strategy that keeps no distance state, such as random, runs in this process). Same Selection."""
+    strategy that keeps no distance state, such as random, runs in this process). Same Selection.
+    With ``gpus_per_shard`` each actor keeps its block on its GPU (float64 there too: the same
+    formulas, so the same picks up to the GPU's rounding of the float64 sums, which decides only ties)."""
     states = []
 
     def make_state(x, device, chunk_):
-        states.append(ShardedState(x, shards, chunk_, cpus_per_shard))
+        states.append(ShardedState(x, shards, chunk_, cpus_per_shard, gpus_per_shard))
         return states[-1]
     try:
         return select(features, n, strategy, seed, device="cpu", chunk=chunk, make_state=make_state, **params)
