@@ -198,13 +198,15 @@ def part2(pool: int = 200_000, n: int = 1000) -> int:
         try:
             todo = [loop.plan[key] for key in ("featurize-real", "shared/gen-001/featurize", "shared/gen-001/score",
                                                "greedy/gen-001/select")]
-            base, peaks, stop = _rss_kib(), {}, threading.Event()
+            base, peaks, firsts, stop = _rss_kib(), {}, {}, threading.Event()
 
             def watch():
                 while not stop.is_set():
                     peaks["driver"] = max(peaks.get("driver", 0), _rss_kib())
                     for pid in _runner_pids():
-                        peaks[pid] = max(peaks.get(pid, 0), _rss_kib(pid))
+                        rss = _rss_kib(pid)
+                        firsts.setdefault(pid, rss)  # after its imports: the libraries, before any data
+                        peaks[pid] = max(peaks.get(pid, 0), rss)
                     time.sleep(0.05)
             w = threading.Thread(target=watch, daemon=True)
             w.start()
@@ -217,10 +219,12 @@ def part2(pool: int = 200_000, n: int = 1000) -> int:
             ray.shutdown()
         kept = len(json.loads(pathlib.Path(L.selection("greedy", 1), "manifest.json").read_text())["kept"])
     grew = (peaks["driver"] - base) * 1024
-    runner = max(v for key, v in peaks.items() if key != "driver") * 1024
+    top = max((key for key in peaks if key != "driver"), key=lambda key: peaks[key])
+    runner, start = peaks[top] * 1024, firsts[top] * 1024
     print(f"part 2: featurize, score, select ({kept} of {pool} kept) in {wall:.0f} s; the driver's RSS grew by "
           f"{grew / 2**20:.0f} MiB (ratio to the features {grew / feature_bytes:.2f}; target < 1); the largest stage "
-          f"runner peaked at {runner / 2**20:.0f} MiB (ratio {runner / feature_bytes:.2f}, its libraries included)")
+          f"runner peaked at {runner / 2**20:.0f} MiB, {(runner - start) / 2**20:.0f} MiB above its first reading "
+          f"(ratio {(runner - start) / feature_bytes:.2f}: the stages' arrays, where they are computed)")
     return 0 if grew < feature_bytes else 1
 
 

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from cluster.featurize import featurize
+from cluster.ingest import ingest_tasks
 from cluster.materialize import IN_PROCESS_SHARDS, write_subset_tasks
 from cluster.sample import SampleSpec, sample_pool
 from cluster.runtime import lost_to_the_cluster
@@ -250,10 +251,11 @@ class Loop:
 
     # -- stage runners (thin: each calls one engine function)
     def stage_ingest(self, st) -> None:
-        p = st.params
-        ingest(p["source"], storage.join(self.L.root, "real"), size=p["size"], mode=p["mode"], n=p["n"],
-               holdout=p["holdout"], seed=p["seed"], shard_size=self.cfg.sample.shard_size, storage_options=self.so,
-               progress=self.say)
+        """In this process for a few shards, else a Ray task per shard (cluster.ingest): the same shards."""
+        p, size = st.params, self.cfg.sample.shard_size
+        run = ingest if math.ceil((p["n"] + p["holdout"]) / size) <= IN_PROCESS_SHARDS else ingest_tasks
+        run(p["source"], storage.join(self.L.root, "real"), size=p["size"], mode=p["mode"], n=p["n"],
+            holdout=p["holdout"], seed=p["seed"], shard_size=size, storage_options=self.so, progress=self.say)
 
     def stage_classifier(self, st) -> None:
         p = st.params

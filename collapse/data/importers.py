@@ -47,6 +47,7 @@ class Source:
     load: Callable[[int], np.ndarray]
     labels: Sequence | None
     origin: Callable[[int], str]
+    locate: Callable[[int], tuple] | None = None  # wds: where sample i lives, for a task that reads it alone
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -141,25 +142,33 @@ def numpy_file(path: str) -> Source:
 def webdataset_urls(pattern: str, storage_options: dict | None = None) -> Source:
     """Existing WebDataset shards, one in memory at a time: a first pass keeps each sample's shard,
     key, label and origin (not its image); ``load(i)`` reads the shard that holds sample i (ingest
-    asks in ascending order, so each shard is read once more)."""
+    asks in ascending order, so each shard is read once more). ``locate(i)`` is that entry, so that
+    another process reads sample i alone (:func:`webdataset_entries`)."""
     from braceexpand import braceexpand
-    urls = list(braceexpand(pattern))
-    index = []  # (shard position, key, label, origin) of every sample
-    for u, url in enumerate(urls):
-        index.extend((u, key, label, origin) for key, _, label, origin in _foreign_samples(_shard(url, storage_options), url))
-    labels = [r[2] for r in index]
+    entries = {}
+    for url in braceexpand(pattern):
+        for key, _, label, origin in _foreign_samples(_shard(url, storage_options), url):
+            entries[len(entries)] = (url, key, label, origin)
+    src = webdataset_entries(entries, all(e[2] is not None for e in entries.values()), storage_options)
+    src.labels = [entries[i][2] for i in range(len(entries))] if src.labels is not None else None
+    return src
+
+
+def webdataset_entries(entries: dict, labelled: bool, storage_options: dict | None = None) -> Source:
+    """A source of the samples ``entries`` locates (index -> (shard URL, key, label, origin)), reading
+    one shard at a time; indices are those of the whole source, so keys and lineage are the same."""
     cache: dict = {}
 
     def load(i):
         from collapse.data.samples import decode_png
-        u, key, _, origin = index[i]
-        if cache.get("shard") != u:  # drop the previous shard before reading the next
+        url, key, _, origin = entries[i]
+        if cache.get("url") != url:  # drop the previous shard before reading the next
             cache.clear()
-            cache.update(shard=u, images={k: img for k, img, _, _ in _foreign_samples(_shard(urls[u], storage_options),
-                                                                                      urls[u])})
+            cache.update(url=url, images={k: img for k, img, _, _ in _foreign_samples(_shard(url, storage_options),
+                                                                                      url)})
         return decode_png(cache["images"][key], origin)
-    return Source("wds", len(index), load, labels if all(v is not None for v in labels) else None,
-                  lambda i: index[i][3])
+    labels = {i: e[2] for i, e in entries.items()} if labelled else None
+    return Source("wds", len(entries), load, labels, lambda i: entries[i][3], locate=lambda i: entries[i])
 
 
 def _shard(url: str, storage_options: dict | None) -> bytes:
@@ -256,14 +265,30 @@ def labelled_training_images(spec: str, count: int, *, size: int | None = None, 
     return images, np.array([int(train_src.labels[int(i)]) for i in idx])
 
 
-def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None = None, n: int | None = None,
-           holdout: int = 0, seed: int = 0, shard_size: int = 1000, overwrite: bool = False,
-           storage_options: dict | None = None, progress=print) -> dict:
-    """Import ``spec`` into ``<out>/train`` (and ``<out>/holdout``). Returns ``{split: manifest}``.
+@dataclass
+class IngestJob:
+    """One split of an import still to write: its URL, source, sorted source indices and key prefix."""
+    split: str          # "train" or "holdout"
+    url: str
+    src: Source
+    idx: np.ndarray
+    split_name: str     # the source split the keys name ("train" or "test")
+    overwrite: bool
 
-    Resumable and idempotent: a finished import with the same options is a no-op; one with other
-    options is refused unless ``overwrite``.
-    """
+
+@dataclass
+class IngestPlan:
+    spec: str
+    options: dict
+    chash: str
+    done: dict          # split -> manifest of a split already imported with these options
+    jobs: list          # IngestJob of every split still to write
+
+
+def plan_ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None = None, n: int | None = None,
+                holdout: int = 0, seed: int = 0, overwrite: bool = False,
+                storage_options: dict | None = None) -> IngestPlan:
+    """What ``ingest`` will write, after checking the options and what ``out_url`` already holds."""
     if mode not in (None, "grey", "rgb"):
         raise DataError(f"mode must be 'grey' or 'rgb', got {mode!r}")
     if size is not None and size < 1:
@@ -279,8 +304,7 @@ def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None
         splits["holdout"] = storage.join(out_url, "holdout")
     existing = {s: try_read_manifest(u, storage_options) for s, u in splits.items()}
     if all(m is not None and m.get("config_hash") == chash for m in existing.values()):
-        progress(f"ingest: {out_url} already holds this import (config {chash}); nothing to do")
-        return existing
+        return IngestPlan(spec, options, chash, existing, [])
     stale = [u for s, u in splits.items() if existing[s] is not None and existing[s].get("config_hash") != chash]
     if stale and not overwrite:
         raise DataError(f"{stale[0]!r} already holds a different import; pass --overwrite to replace it")
@@ -289,38 +313,59 @@ def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None
     pool, hold_src, hold_idx = _split(spec, train_src, test_src, holdout, seed)
     if n is not None and n > len(pool):
         raise DataError(f"n={n} is larger than the {len(pool)} training images available in {spec!r}")
-    train_idx = np.sort(pool[:n] if n is not None else pool)
-    hold_idx = np.sort(hold_idx)
-
-    manifests = {}
-    for split, src, idx in (("train", train_src, train_idx), ("holdout", hold_src, hold_idx)):
+    done, jobs = {}, []
+    for split, src, idx in (("train", train_src, np.sort(pool[:n] if n is not None else pool)),
+                            ("holdout", hold_src, np.sort(hold_idx))):
         if split not in splits:
             continue
         if existing[split] is not None and existing[split].get("config_hash") == chash:
-            manifests[split] = existing[split]
+            done[split] = existing[split]
             continue
-        split_name = "test" if (split == "holdout" and test_src is not None) else "train"
-        shape = None
+        jobs.append(IngestJob(split, splits[split], src, idx,
+                              "test" if (split == "holdout" and test_src is not None) else "train",
+                              overwrite or existing[split] is not None))
+    return IngestPlan(spec, options, chash, done, jobs)
 
-        def samples():
-            nonlocal shape
-            for j, i in enumerate(idx):
-                where = f"{spec} image {src.origin(int(i))}"
-                img = transform(src.load(int(i)), size, mode, where)
-                if shape is None:
-                    shape = img.shape
-                elif img.shape != shape:
-                    raise DataError(f"{where}: image shape {img.shape}, expected {shape} like the first image "
-                                    "(pass --size to resize every image)")
-                meta = {"source": "real", "dataset": src.name, "origin": src.origin(int(i))}
-                if src.labels is not None:
-                    meta["label"] = src.labels[int(i)]
-                if (j + 1) % 5000 == 0:
-                    progress(f"ingest {split}: {j + 1}/{len(idx)}")
-                yield Sample(_key(src.name, split_name, int(i)), img, meta)
-        manifests[split] = write_sample_set(splits[split], samples(), shard_size=shard_size, config_hash=chash,
-                                            extra={"ingest": options}, overwrite=overwrite or existing[split] is not None,
-                                            storage_options=storage_options)
-        progress(f"ingest: wrote {manifests[split]['count']} images {tuple(manifests[split]['shape'])} "
-                 f"to {splits[split]}")
-    return manifests
+
+def ingest_samples(spec: str, job: IngestJob, idx, *, size: int | None, mode: str | None, progress=None):
+    """The samples of source indices ``idx`` (part of ``job.idx``, in order): resized, converted, with
+    their lineage; every image of the same shape as the first (a DataError names the one that is not)."""
+    shape, src = None, job.src
+    for j, i in enumerate(idx):
+        where = f"{spec} image {src.origin(int(i))}"
+        img = transform(src.load(int(i)), size, mode, where)
+        if shape is None:
+            shape = img.shape
+        elif img.shape != shape:
+            raise DataError(f"{where}: image shape {img.shape}, expected {shape} like the first image "
+                            "(pass --size to resize every image)")
+        meta = {"source": "real", "dataset": src.name, "origin": src.origin(int(i))}
+        if src.labels is not None:
+            meta["label"] = src.labels[int(i)]
+        if progress is not None and (j + 1) % 5000 == 0:
+            progress(f"ingest {job.split}: {j + 1}/{len(idx)}")
+        yield Sample(_key(src.name, job.split_name, int(i)), img, meta)
+
+
+def ingest(spec: str, out_url: str, *, size: int | None = None, mode: str | None = None, n: int | None = None,
+           holdout: int = 0, seed: int = 0, shard_size: int = 1000, overwrite: bool = False,
+           storage_options: dict | None = None, progress=print) -> dict:
+    """Import ``spec`` into ``<out>/train`` (and ``<out>/holdout``). Returns ``{split: manifest}``.
+
+    Resumable and idempotent: a finished import with the same options is a no-op; one with other
+    options is refused unless ``overwrite``. (``cluster.ingest`` writes the same shards with tasks.)
+    """
+    plan = plan_ingest(spec, out_url, size=size, mode=mode, n=n, holdout=holdout, seed=seed, overwrite=overwrite,
+                       storage_options=storage_options)
+    if not plan.jobs:
+        progress(f"ingest: {out_url} already holds this import (config {plan.chash}); nothing to do")
+        return plan.done
+    manifests = dict(plan.done)
+    for job in plan.jobs:
+        manifests[job.split] = write_sample_set(
+            job.url, ingest_samples(spec, job, job.idx, size=size, mode=mode, progress=progress),
+            shard_size=shard_size, config_hash=plan.chash, extra={"ingest": plan.options}, overwrite=job.overwrite,
+            storage_options=storage_options)
+        progress(f"ingest: wrote {manifests[job.split]['count']} images {tuple(manifests[job.split]['shape'])} "
+                 f"to {job.url}")
+    return {k: manifests[k] for k in ("train", "holdout") if k in manifests}
