@@ -13,8 +13,9 @@ ones, each in a stage runner actor (cluster.runner), so that the chains of diffe
 overlap; ``resources.max_parallel_stages = 1`` runs them one after another in this process.
 
 A stage that finishes commits ``<run>/stages/<key>/manifest.json`` (its config hash, wall time,
-started_at and ended_at) last, from the driver; a stage whose record holds the same hash is skipped. Inside a stage, every output also
-commits its own manifest, so an interrupted stage redoes only what is missing.
+started_at and ended_at) last, from the driver; a stage whose record holds the same hash is
+skipped. Inside a stage, every output also commits its own manifest, so an interrupted stage
+redoes only what is missing.
 """
 from __future__ import annotations
 
