@@ -99,16 +99,18 @@ class Loop:
         import ray
 
         from cluster.runner import start_runner
-        from collapse.schedule import demand, startable
+        from collapse.schedule import demand, runner_resources, startable
         number = {s.key: i for i, s in enumerate(self.plan, 1)}
         finished = {s.key for s in self.plan if s not in todo}
         cap = self.cfg.resources.max_parallel_stages
-        idle, running, failure = [], {}, None  # running: ref -> (stage, runner, attempt)
+        idle, running, failure = {}, {}, None  # idle: (cpus, gpus) -> runners; running: ref -> (stage, runner, attempt)
         eta, t_start = ETA(side_by_side=True), time.perf_counter()
 
         def launch(stage, attempt: int = 0) -> None:
             self.clear_half_writes(stage)
-            runner = idle.pop() if idle else start_runner(self.cfg, self.so)
+            shape = runner_resources(stage)
+            free = idle.setdefault(shape, [])
+            runner = free.pop() if free else start_runner(self.cfg, self.so, *shape)
             running[runner.run.remote(stage.key)] = (stage, runner, attempt)
             others = [s.key for s, _, _ in running.values() if s is not stage]
             self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} ..."
@@ -142,7 +144,7 @@ class Loop:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:  # the stage raised: its own error, not Ray's
                         failure = failure or (e.cause if isinstance(e.cause, BaseException) else e)
-                        idle.append(runner)
+                        idle.setdefault(runner_resources(stage), []).append(runner)
                         continue
                     except Exception as e:  # noqa: BLE001 - the runner itself is gone
                         if lost_to_the_cluster(e) and attempt < 2 and failure is None:
@@ -152,7 +154,7 @@ class Loop:
                         else:
                             failure = failure or e
                         continue
-                    idle.append(runner)
+                    idle.setdefault(runner_resources(stage), []).append(runner)
                     self.commit(stage, result["wall"], result["started"])
                     finished.add(stage.key)
                     eta.done(stage, result["wall"])
@@ -160,7 +162,7 @@ class Loop:
                     self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} done in {result['wall']:.1f} s; "
                              f"{eta.say(left, time.perf_counter() - t_start)}")
         finally:
-            for runner in idle + [r for _, r, _ in running.values()]:
+            for runner in [r for rs in idle.values() for r in rs] + [r for _, r, _ in running.values()]:
                 ray.kill(runner)
         if failure is not None:
             raise failure

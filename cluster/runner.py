@@ -7,8 +7,11 @@ of the run's config without the lease: the driver holds the lease, clears half-w
 every stage record; the runner only computes and writes the stage's outputs. Its progress lines are
 kept until the driver collects them (``drain``), so that they reach the driver's progress callback.
 
-Runners ask for no CPU of their own (what a stage uses is what its resources declare, counted by
-``collapse.schedule``) and prefer the driver's node, where a local run directory lives.
+A runner holds the CPUs and GPUs of the work its stage does in its own process
+(``collapse.schedule.runner_resources``: the kNN and selection of score and select on the
+scorer's GPU, say), none for a stage that only starts workers or actors; the driver keeps idle
+runners by those resources and reuses them. Runners prefer the driver's node, where a local run
+directory lives.
 """
 from __future__ import annotations
 
@@ -41,10 +44,12 @@ class StageRunner:
         return {"started": started, "wall": time.perf_counter() - t0}
 
 
-def start_runner(cfg, storage_options: dict | None):
-    """A new runner actor on (preferably) this process's node, with the run's storage options."""
+def start_runner(cfg, storage_options: dict | None, cpus: float = 0.0, gpus: float = 0.0):
+    """A new runner actor holding ``cpus`` and ``gpus`` (collapse.schedule.runner_resources), on
+    this process's node when it fits there, with the run's storage options."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     here = ray.get_runtime_context().get_node_id()
-    actor = ray.remote(num_cpus=0, max_concurrency=2, max_restarts=0)(StageRunner)
-    return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(cfg, storage_options)
+    actor = ray.remote(num_cpus=cpus, num_gpus=gpus or None, max_concurrency=2, max_restarts=0)(StageRunner)
+    return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(
+        cfg, storage_options)

@@ -14,12 +14,25 @@ from __future__ import annotations
 RESOURCES = ("CPU", "GPU")
 
 
+# Stages whose work runs in the stage's own process (kNN and selection, the classifier, copying
+# images): its runner holds the stage's cpus and gpus. The others only start workers or actors.
+IN_RUNNER = ("ingest", "classifier", "train-set", "score", "select")
+
+
+def runner_resources(stage) -> tuple[float, float]:
+    """(CPUs, GPUs) of the process that runs ``stage`` (cluster.runner): the stage's own for the
+    stages of IN_RUNNER (a GPU for the kNN and the greedy distances), none for the others."""
+    r = stage.resources
+    return (float(r.get("cpus", 0.0)), float(r.get("gpus", 0.0))) if stage.name in IN_RUNNER else (0.0, 0.0)
+
+
 def demand(stage) -> dict[str, float]:
     """The CPUs and GPUs ``stage`` holds while it runs: its minimum of workers or actors, each with
-    ``cpus``/``gpus`` (a stage split into ``shards`` actors holds that many), and at least one CPU of
-    the process that runs the stage itself (the stage runner: gathers, writes, in-process features)."""
+    ``cpus``/``gpus``; for a stage of IN_RUNNER its runner's, plus as many again per actor when it is
+    split into ``shards`` actors; and always at least one CPU (the runner gathers and writes)."""
     r = stage.resources
-    count = max(r.get("min", 1), r.get("shards", 1) if stage.name in ("score", "select") else 1)
+    shards = r.get("shards", 1) if stage.name in ("score", "select") else 1
+    count = (1 + (shards if shards > 1 else 0)) if stage.name in IN_RUNNER else r.get("min", 1)
     return {"CPU": max(1.0, count * float(r.get("cpus", 0.0))), "GPU": count * float(r.get("gpus", 0.0))}
 
 

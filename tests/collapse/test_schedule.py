@@ -1,7 +1,7 @@
 """Which stages start when (collapse.schedule): the plan's DAG under the cluster's CPUs and GPUs."""
 from collapse import config as cf
 from collapse.plan import plan
-from collapse.schedule import demand, overlaps, ready, startable
+from collapse.schedule import demand, overlaps, ready, runner_resources, startable
 
 THREE = ("strategies=[{name: vanilla, kind: vanilla}, {name: greedy, kind: greedy, pool_factor: 2, features: pixel},"
          " {name: tdf, kind: tdf, pool_factor: 2, features: pixel, tau0: 20.0, alpha: 0.9}]")
@@ -52,9 +52,14 @@ def test_demand_counts_workers_actors_and_shards():
               "resources.scorer_shards=3", "resources.scorer_cpus=2")
     assert demand(p["vanilla/gen-002/train"]) == {"CPU": 6.0, "GPU": 2.0}
     assert demand(p["vanilla/gen-002/sample"]) == {"CPU": 4.0, "GPU": 0.0}   # its minimum: it may grow later
-    assert demand(p["vanilla/gen-002/score"]) == {"CPU": 6.0, "GPU": 0.0}
-    assert demand(p["greedy/gen-001/select"]) == {"CPU": 6.0, "GPU": 0.0}
+    assert demand(p["vanilla/gen-002/score"]) == {"CPU": 8.0, "GPU": 0.0}   # its runner and 3 shard actors
+    assert demand(p["greedy/gen-001/select"]) == {"CPU": 8.0, "GPU": 0.0}
     assert demand(p["ingest"]) == {"CPU": 1.0, "GPU": 0.0}                   # the runner's own process
+    assert demand(_plan("resources.scorer_gpus=1")["vanilla/gen-002/score"]) == {"CPU": 1.0, "GPU": 1.0}
+    # the runner holds what the stage computes in it: kNN and selection on the scorer's GPU
+    assert runner_resources(p["vanilla/gen-002/score"]) == (2.0, 0.0)
+    assert runner_resources(_plan("resources.scorer_gpus=1")["greedy/gen-001/select"]) == (1.0, 1.0)
+    assert runner_resources(p["vanilla/gen-002/train"]) == (0.0, 0.0)     # its work is in Ray Train's workers
 
 
 def test_startable_fills_the_cluster_and_no_more():
