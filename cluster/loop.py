@@ -116,6 +116,15 @@ class Loop:
             self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} ..."
                      + (f" (beside {', '.join(others)})" if others else ""))
 
+        def release(stage, runner) -> None:
+            """A runner without resources waits for the next stage; one holding CPUs or GPUs is ended,
+            so that what it holds is free for the workers of the stages that follow."""
+            shape = runner_resources(stage)
+            if any(shape):
+                ray.kill(runner)
+            else:
+                idle.setdefault(shape, []).append(runner)
+
         def relay(runner) -> None:
             try:
                 lines = ray.get(runner.drain.remote())
@@ -144,7 +153,7 @@ class Loop:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:  # the stage raised: its own error, not Ray's
                         failure = failure or (e.cause if isinstance(e.cause, BaseException) else e)
-                        idle.setdefault(runner_resources(stage), []).append(runner)
+                        release(stage, runner)
                         continue
                     except Exception as e:  # noqa: BLE001 - the runner itself is gone
                         if lost_to_the_cluster(e) and attempt < 2 and failure is None:
@@ -154,7 +163,7 @@ class Loop:
                         else:
                             failure = failure or e
                         continue
-                    idle.setdefault(runner_resources(stage), []).append(runner)
+                    release(stage, runner)
                     self.commit(stage, result["wall"], result["started"])
                     finished.add(stage.key)
                     eta.done(stage, result["wall"])

@@ -9,8 +9,9 @@ kept until the driver collects them (``drain``), so that they reach the driver's
 
 A runner holds the CPUs and GPUs of the work its stage does in its own process
 (``collapse.schedule.runner_resources``: the kNN and selection of score and select on the
-scorer's GPU, say), none for a stage that only starts workers or actors; the driver keeps idle
-runners by those resources and reuses them. Runners prefer the driver's node, where a local run
+scorer's GPU, say), none for a stage that only starts workers or actors. The driver reuses idle
+runners without resources and ends the others when their stage ends (an idle runner must not hold
+CPUs that a training's workers wait for). Runners prefer the driver's node, where a local run
 directory lives.
 """
 from __future__ import annotations
