@@ -117,8 +117,8 @@ class Loop:
                      + (f" (beside {', '.join(others)})" if others else ""))
 
         def release(stage, runner) -> None:
-            """A runner without resources waits for the next stage; one holding CPUs or GPUs is ended,
-            so that what it holds is free for the workers of the stages that follow."""
+            """A runner without resources waits for the next stage; one holding a GPU is ended, so
+            that the GPU is free for the workers of the stages that follow."""
             shape = runner_resources(stage)
             if any(shape):
                 ray.kill(runner)

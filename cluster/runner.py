@@ -7,11 +7,11 @@ of the run's config without the lease: the driver holds the lease, clears half-w
 every stage record; the runner only computes and writes the stage's outputs. Its progress lines are
 kept until the driver collects them (``drain``), so that they reach the driver's progress callback.
 
-A runner holds the CPUs and GPUs of the work its stage does in its own process
+A runner asks Ray for the GPUs of the work its stage does in its own process
 (``collapse.schedule.runner_resources``: the kNN and selection of score and select on the
-scorer's GPU, say), none for a stage that only starts workers or actors. The driver reuses idle
+scorer's GPU), and for no CPU (the scheduler counts the CPUs it uses). The driver reuses idle
 runners without resources and ends the others when their stage ends (an idle runner must not hold
-CPUs that a training's workers wait for). Runners prefer the driver's node, where a local run
+a GPU that a training's workers wait for). Runners prefer the driver's node, where a local run
 directory lives.
 """
 from __future__ import annotations

@@ -20,10 +20,13 @@ IN_RUNNER = ("ingest", "classifier", "train-set", "score", "select")
 
 
 def runner_resources(stage) -> tuple[float, float]:
-    """(CPUs, GPUs) of the process that runs ``stage`` (cluster.runner): the stage's own for the
-    stages of IN_RUNNER (a GPU for the kNN and the greedy distances), none for the others."""
+    """(CPUs, GPUs) that the process running ``stage`` (cluster.runner) asks Ray for: the stage's
+    GPUs for the stages of IN_RUNNER (the kNN and the greedy distances run there), else none. Its
+    CPUs are not asked for: :func:`demand` counts them, so no other stage is started on them, and a
+    runner that had to be placed (and ended) with a CPU of its own costs seconds per stage, and
+    kept the CPUs of training workers busy while Ray Train waited for them (measured)."""
     r = stage.resources
-    return (float(r.get("cpus", 0.0)), float(r.get("gpus", 0.0))) if stage.name in IN_RUNNER else (0.0, 0.0)
+    return (0.0, float(r.get("gpus", 0.0))) if stage.name in IN_RUNNER else (0.0, 0.0)
 
 
 def demand(stage) -> dict[str, float]:

@@ -57,8 +57,8 @@ def test_demand_counts_workers_actors_and_shards():
     assert demand(p["ingest"]) == {"CPU": 1.0, "GPU": 0.0}                   # the runner's own process
     assert demand(_plan("resources.scorer_gpus=1")["vanilla/gen-002/score"]) == {"CPU": 1.0, "GPU": 1.0}
     # the runner holds what the stage computes in it: kNN and selection on the scorer's GPU
-    assert runner_resources(p["vanilla/gen-002/score"]) == (2.0, 0.0)
-    assert runner_resources(_plan("resources.scorer_gpus=1")["greedy/gen-001/select"]) == (1.0, 1.0)
+    assert runner_resources(p["vanilla/gen-002/score"]) == (0.0, 0.0)     # its CPUs are in its demand
+    assert runner_resources(_plan("resources.scorer_gpus=1")["greedy/gen-001/select"]) == (0.0, 1.0)
     assert runner_resources(p["vanilla/gen-002/train"]) == (0.0, 0.0)     # its work is in Ray Train's workers
 
 
