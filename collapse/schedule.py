@@ -15,7 +15,8 @@ RESOURCES = ("CPU", "GPU")
 
 
 # Stages whose work runs in the stage's own process (kNN and selection, the classifier, copying
-# images): its runner holds the stage's cpus and gpus. The others only start workers or actors.
+# images): demand counts the stage's cpus for its runner, which asks Ray for its gpus. The others
+# only start workers or actors.
 IN_RUNNER = ("ingest", "classifier", "train-set", "score", "select")
 
 
