@@ -130,18 +130,8 @@ def part3() -> int:
     return 0 if same_sel and same_metrics else 1
 
 
-def _peak_kib(pid: int | str = "self") -> int:
-    """VmHWM (peak resident set) of a process, KiB; 0 when it is gone."""
-    try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _rss_kib(pid: int | str = "self") -> int:
+    """VmRSS (resident set) of a process, KiB; 0 when it is gone."""
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
