@@ -356,22 +356,14 @@ def write_subset(sources: Sequence[SampleSet], keys: Sequence[str], out_url: str
 
     ``annotate(sample) -> meta`` may extend each sample's lineage (e.g. with a selection decision).
     """
-    where = {}
+    plan = plan_subset(sources, keys, shard_size)  # where each key is, missing and repeated keys refused
+    by_url: dict[str, SampleSet] = {}
     for src in sources:
-        for k in src.keys:
-            where.setdefault(k, src)
-    missing = [k for k in keys if k not in where]
-    if missing:
-        raise DataError(f"{len(missing)} keys are in none of {[s.url for s in sources]}, e.g. {missing[:3]}")
-    if len(set(keys)) != len(keys):
-        raise DataError("write_subset: keys repeat")
-    wanted_by_src: dict[int, set] = {}
-    for k in keys:
-        wanted_by_src.setdefault(id(where[k]), set()).add(k)
+        by_url.setdefault(src.url, src)
     found: dict[str, Sample] = {}
-    for src in sources:
-        if id(src) in wanted_by_src:
-            for s in src.iter_samples(wanted_by_src.pop(id(src))):
+    for url, shard, wanted in plan.reads:  # each source shard that holds wanted keys, read once
+        for s in by_url[url].read_shard(shard):
+            if s.key in wanted:
                 found[s.key] = s
 
     def gen():
