@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from cluster.runtime import map_actor_pool
-from collapse.data.features import commit_features, has_features, load_features, save_feature_shard
+from collapse.data.features import commit_features, feature_file, has_features, load_features, save_feature_shard
 from collapse.data.samples import SampleSet
 
 
@@ -96,5 +96,5 @@ def _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_
                           "threads": max(1, int(cpus_per_actor)), "options": options},
                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
                          gpus_per_actor=gpus_per_actor)
-    order = {r["name"].replace(".tar", ".npy"): j for j, r in enumerate(sample_set.shards)}
+    order = {feature_file(r["name"]): j for j, r in enumerate(sample_set.shards)}
     return sorted((json.loads(row["record"]) for row in out), key=lambda r: order[r["name"]])

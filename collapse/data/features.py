@@ -27,6 +27,11 @@ def _set_fingerprint(sample_set: SampleSet) -> str:
     return hashlib.sha256(mf.canonical_json(sample_set.manifest).encode()).hexdigest()[:16]
 
 
+def feature_file(shard_name: str) -> str:
+    """The features file of a set's shard: ``shard-000000.tar`` -> ``shard-000000.npy``."""
+    return shard_name.replace(".tar", ".npy")
+
+
 def _npy(values: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(values, dtype=np.float32), allow_pickle=False)
@@ -47,7 +52,7 @@ def save_feature_shard(sample_set: SampleSet, extractor: str, shard: int, values
     record = sample_set.shards[shard]
     values = _check_rows(sample_set, extractor, values, record["count"])
     data = _npy(values)
-    name = record["name"].replace(".tar", ".npy")
+    name = feature_file(record["name"])
     storage.write_bytes(storage.join(features_url(sample_set.url, extractor), name), data,
                         sample_set.storage_options)
     return {"name": name, "count": record["count"], "dim": int(values.shape[1]),
@@ -56,7 +61,7 @@ def save_feature_shard(sample_set: SampleSet, extractor: str, shard: int, values
 
 def commit_features(sample_set: SampleSet, extractor: str, records: list[dict], identity: str = "") -> str:
     """The manifest of features whose shards are all written (one record per shard of the set, in order)."""
-    names = [r["name"].replace(".tar", ".npy") for r in sample_set.shards]
+    names = [feature_file(r["name"]) for r in sample_set.shards]
     if [r["name"] for r in records] != names:
         raise DataError(f"features {extractor!r} of {sample_set.url!r}: expected one file per shard {names[:3]}..., "
                         f"got {[r['name'] for r in records][:3]}...")
