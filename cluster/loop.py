@@ -19,6 +19,7 @@ redoes only what is missing.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -33,6 +34,7 @@ from cluster.runtime import lost_to_the_cluster
 from cluster.score import ShardedKNN
 from cluster.selection import sharded_select
 from cluster.train import TrainSpec, train_model
+from collapse import classes
 from collapse import config as cf
 from collapse import paradigms as pd
 from collapse.classifier import (classifier_figures, load_classifier, read_classifier_record, recognizability,
@@ -42,10 +44,11 @@ from collapse.data import storage
 from collapse.data.importers import ingest, labelled_training_images
 from collapse.data.samples import SampleSet, annotated, write_subset
 from collapse.data.urls import RunLayout
-from collapse.errors import ConfigError, DamagedError, find_damage
+from collapse.classes import check_labels, select_per_class
+from collapse.errors import ConfigError, DamagedError, DataError, find_damage
 from collapse.metrics import generation_metrics
-from collapse.novelty import real_copy_radius
-from collapse.plan import SHARED, plan
+from collapse.novelty import nearest_training_distance, real_copy_radius
+from collapse.plan import SHARED, plan, shares_generation_one
 from collapse.report import render_report
 from collapse.selection import select
 
@@ -296,12 +299,16 @@ class Loop:
 
     def stage_train_set(self, st) -> None:
         real = SampleSet(st.inputs["real"], self.so)
-        self.write_subset([real], real.keys[:st.params["N"]], st.outputs["train_set"])
+        keys = real.keys[:st.params["N"]]
+        if self.cfg.model.num_classes:  # a class-conditional run trains on labels: every image of D_1 has one
+            self.labels_of([real], keys, f"the real training images of {real.url}")
+        self.write_subset([real], keys, st.outputs["train_set"])
 
     def stage_train(self, st) -> None:
         r = st.resources
         train_model(st.inputs["train_set"], st.outputs["model"], TrainSpec(**st.params["spec"]),
                     num_workers=r["min"], use_gpu=r["gpus"] > 0, cpus_per_worker=r["cpus"], max_failures=1,
+                    conditional=st.params.get("conditional"),
                     storage_options=self.so, progress=self.say)
 
     def stage_sample(self, st) -> None:
@@ -337,21 +344,23 @@ class Loop:
             for index in indexes.values():
                 index.close()
         quality = self.sample_quality(st, pool, scored)
+        classes = self.class_figures(st, train, pool, hold, scored, feats, rho) if self.cfg.model.num_classes else None
         real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
         times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation
                  and s.strategy == st.strategy and s.name in ("train", "sample", "featurize")}
         metrics = {"strategy": st.strategy, "generation": st.generation, "spaces": figures,
-                   "quality": quality, "real_share": real, "train_count": train.count, "pool_count": pool.count,
+                   "quality": quality, "classes": classes, "real_share": real, "train_count": train.count, "pool_count": pool.count,
                    "scored_count": len(scored), "holdout_count": hold.count, "stage_seconds": times}
         storage.write_bytes(st.outputs["metrics"], json.dumps(metrics, indent=1).encode(), self.so)
 
     def stage_select(self, st) -> None:
         p, n = st.params, st.generation
-        real = SampleSet(self.L.real("train"), self.so)
-        owner = (lambda g: SHARED if g == 1 else p["name"])
+        # the sets this paradigm reads (the plan's inputs: pool-NNN, and real or train_set when read)
+        real = SampleSet(st.inputs.get("real", self.L.real("train")), self.so)
         k_n = pd.pool_size(self.cfg.data.n, p["pool_factor"]) if p["pool_factor"] else None
-        pools = {g: SampleSet(self.L.pool(owner(g), g), self.so) for g in range(1, n + 1)}
-        train_n = SampleSet(self.L.train_set(owner(n), n), self.so)
+        pools = {int(k[5:]): SampleSet(url, self.so) for k, url in st.inputs.items() if k.startswith("pool-")}
+        # D_n is a source even when the paradigm does not read it: a key it holds is copied with its lineage
+        train_n = SampleSet(st.inputs.get("train_set", self.L.train_set(SHARED if n == 1 else p["name"], n)), self.so)
         ts = pd.next_training_set(p["paradigm"], n, N=self.cfg.data.n, kind=p["kind"], pool_factor=p["pool_factor"],
                                   real_keys=real.keys, pools={g: s.keys[:k_n] for g, s in pools.items()},
                                   train_keys=train_n.keys, fresh_fraction=p["fresh_fraction"], seed=p["seed"])
@@ -363,12 +372,17 @@ class Loop:
             x = self.candidate_features(ts.candidates, sources, p["features"] or "pixel")
             params = {k: p[k] for k in ("tau0", "alpha") if p.get(k) is not None}
             shards = min(len(x), st.resources.get("shards", 1))
+            how = select
             if shards > 1 and p["kind"] != "random":  # the pool across actors: the same picks (cluster.selection)
-                sel = sharded_select(x, ts.choose, p["kind"], seed=ts.seed, shards=shards,
-                                     cpus_per_shard=st.resources["cpus"], gpus_per_shard=st.resources["gpus"],
-                                     **params)
+                how = functools.partial(sharded_select, shards=shards, cpus_per_shard=st.resources["cpus"],
+                                        gpus_per_shard=st.resources["gpus"])
+            if p.get("per_class"):  # each class keeps its share of the candidates (collapse.classes)
+                labels = self.labels_of(sources, ts.candidates, f"the candidates of {st.key}")
+                sel = select_per_class(x, [labels[k] for k in ts.candidates], ts.choose, p["kind"], ts.seed,
+                                       self.cfg.model.num_classes, select_fn=how, **params)
+                decision["per_class"] = {"quotas": sel.params["per_class"]}
             else:
-                sel = select(x, ts.choose, p["kind"], seed=ts.seed, **params)
+                sel = how(x, ts.choose, p["kind"], seed=ts.seed, **params)
             keys = ts.keys(sel.indices.tolist())
             cols = sel.columns()
             for row in range(len(sel)):
@@ -386,6 +400,7 @@ class Loop:
 
         forced = set(ts.forced)
         why = {k: {"strategy": p["name"], "generation": n, "how": ts.how, "kept": True, "forced": k in forced,
+                   **({"per_class": True} if p.get("per_class") and k not in forced else {}),
                    **reasons.get(k, {})} for k in keys}
         self.write_subset(sources, list(keys), st.outputs["train_set"], why)
 
@@ -400,6 +415,47 @@ class Loop:
         else:
             write_subset_tasks(sources, keys, out_url, why=why, shard_size=size, overwrite=True,
                                storage_options=self.so)
+
+    def labels_of(self, sources, keys, what: str) -> dict[str, int]:
+        """``{key: class id}`` of ``keys`` from their lineage in ``sources``; a DataError naming ``what``
+        when one has no label or one outside 0..K-1."""
+        K, found, wanted = self.cfg.model.num_classes, {}, set(keys)
+        for s in sources:
+            mine = wanted.intersection(s.keys).difference(found)
+            if mine:
+                found.update(s.labels(mine))
+        try:
+            check_labels([found.get(k) for k in keys], K, what)
+        except ValueError as e:
+            bad = next((k for k in keys if not isinstance(found.get(k), int) or not 0 <= found[k] < K), None)
+            raise DataError(f"{e} (sample {bad!r}); model.num_classes={K} makes the run class-conditional: "
+                            "every image needs a label 0..K-1 (set model.num_classes=0 for this source)") from None
+        return found
+
+    def class_figures(self, st, train, pool, hold, scored, feats, rho) -> dict:
+        """Per-class figures of a generation (collapse.classes): D_n's class balance and per-class entropy,
+        GS and memorization of the samples by the class they were asked for, and the classifier's agreement."""
+        K = self.cfg.model.num_classes
+        train_labels = self.labels_of([train], train.keys, f"the training set {train.url}")
+        gen_labels = self.labels_of([pool], scored, f"the pool {pool.url}")
+        d1 = {e: nearest_training_distance(feats["generated"][e], feats["train"][e]) for e in feats["train"]}
+        out = classes.class_figures(feats["train"], [train_labels[k] for k in train.keys], d1,
+                                    [gen_labels[k] for k in scored], K, rho)
+        out.update(guidance_scale=self.guidance_of(st), agreement=None, agreement_mean=None, real_agreement=None)
+        if "classifier" in st.inputs and read_classifier_record(st.inputs["classifier"], self.so)["labelled"]:
+            clf = load_classifier(st.inputs["classifier"], self.so)
+            if clf.num_classes == K:
+                _, images, _ = pool.load(scored)
+                out["agreement"], out["agreement_mean"] = classes.agreement(
+                    clf.probabilities(images), [gen_labels[k] for k in scored], K)
+                _, hold_images, hold_meta = hold.load()
+                _, out["real_agreement"] = classes.agreement(
+                    clf.probabilities(hold_images), [m.get("label") for m in hold_meta], K)
+        return out
+
+    def guidance_of(self, st) -> float:
+        from collapse.plan import guidance_scale
+        return guidance_scale(self.cfg, None if st.strategy == SHARED else self.cfg.strategy(st.strategy))
 
     def featurize(self, set_url: str, extractor: str, r: dict) -> np.ndarray:
         options = {"url": self.L.classifier, "storage_options": self.so} if extractor == "classifier" else None
@@ -441,7 +497,7 @@ class Loop:
             if st.name != "score" or not storage.exists(st.outputs["metrics"], self.so):
                 continue
             m = json.loads(storage.read_bytes(st.outputs["metrics"], self.so))
-            for name in ([s.name for s in self.cfg.strategies] if st.strategy == SHARED else [st.strategy]):
+            for name in (shares_generation_one(self.cfg) if st.strategy == SHARED else [st.strategy]):
                 rows.append({**m, "strategy": name, "shared": st.strategy == SHARED})
         storage.write_bytes(self.L.metrics_log, "".join(json.dumps(r) + "\n" for r in rows).encode(), self.so)
         return rows

@@ -26,7 +26,8 @@ class SampleSpec:
     method: str = "ddim"           # ddpm (the paper's ancestral sampler) | ddim
     steps: int = 50
     guidance_scale: float = 1.0    # classifier-free guidance, class-conditional models only
-    num_classes: int = 0           # > 0: labels cycle over the classes by sample index
+    num_classes: int = 0           # > 0: each sample is asked for a class (collapse.classes.assign_labels)
+    class_weights: tuple = ()      # () balanced (i mod K); else the class distribution labels are drawn from
     shard_size: int = 1000
     batch_size: int = 64
     batch_invariant: bool = False  # run the network per sample: images independent of batch_size too (slower)
@@ -74,12 +75,14 @@ class Sampler:
         import numpy as np
 
         from collapse import diffusion
+        from collapse.classes import assign_labels
         from collapse.data.samples import Sample, write_shard
         from collapse.seeding import sample_seeds
         s = self.spec
         indices = list(range(j * s.shard_size, min(s.count, (j + 1) * s.shard_size)))
         seeds = sample_seeds(s.run_seed, s.generation, indices)
-        labels = [i % s.num_classes for i in indices] if s.num_classes else None
+        labels = assign_labels(s.run_seed, s.generation, indices, s.num_classes, s.class_weights) \
+            if s.num_classes else None
         images = diffusion.sample(self.unet, self.scheduler, seeds, method=s.method, steps=s.steps,
                                   class_labels=labels, guidance_scale=s.guidance_scale, device=self.device,
                                   batch_size=s.batch_size, batch_invariant=s.batch_invariant)
@@ -89,8 +92,8 @@ class Sampler:
         samples = []
         for n, (i, seed) in enumerate(zip(indices, seeds)):
             meta = {"source": source, "model": self.model_url, "seed": int(seed), "index": i}
-            if labels is not None:
-                meta["label"] = labels[n]
+            if labels is not None:  # the class it was generated for, and how strongly it was guided
+                meta.update(label=labels[n], guidance_scale=s.guidance_scale)
             samples.append(Sample(f"{source}-{i:07d}", np.asarray(images[n]), meta))
         return write_shard(self.pool_url, j, samples, config_hash=self.config_hash, storage_options=self.so)
 
@@ -102,7 +105,8 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     if spec.count < 1:
         raise ValueError(f"pool count must be >= 1, got {spec.count}")
     model = mf.read_manifest(model_url, storage_options)  # the model must be finished
-    chash = mf.config_hash({"spec": dataclasses.asdict(spec), "model": model.get("files")})
+    hashed = {k: v for k, v in dataclasses.asdict(spec).items() if k != "class_weights" or v}  # () as before
+    chash = mf.config_hash({"spec": hashed, "model": model.get("files")})
     done = mf.try_read_manifest(pool_url, storage_options)
     if done is not None and done.get("config_hash") == chash:
         progress(f"sample: {pool_url} already holds {done['count']} samples; skipping")

@@ -83,7 +83,8 @@ def _maybe_fail(step: int, fail_at_step: int | None, model_url: str, so) -> None
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Body of every Ray Train worker. ``config``: spec (dict), train_url, model_url, storage_options, conditional."""
+    """Body of every Ray Train worker. ``config``: spec (dict), train_url, model_url, storage_options, conditional
+    (None, or {"num_classes": K, "p_uncond": p})."""
     timeline = {"worker_started": time.time()}   # wall clock: the driver's fit() call is on the same clock
     import ray.train
     import torch
@@ -108,8 +109,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
     spec.validate(world)
 
+    cond = config.get("conditional") or {}   # {"num_classes": K, "p_uncond": p} for a class-conditional model
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
-    unet, scheduler = diffusion.build(spec.preset)
+    unet, scheduler = diffusion.build(spec.preset, cond.get("num_classes"))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
                                   weight_decay=spec.weight_decay)
     engine, _, _, lr_sched = deepspeed.initialize(
@@ -149,10 +151,13 @@ def train_loop_per_worker(config: dict) -> None:
             while step < stop:
                 batch = [next(stream) for _ in range(micro)]
                 x0 = diffusion.images_to_tensor([im for im, _ in batch]).to(device)
-                labels = (torch.tensor([m["label"] for _, m in batch], device=device)
-                          if config.get("conditional") else None)
                 gen = torch_generator(int(base_seed + 1_000_003 * step + rank) % 2 ** 63)
                 t, noise = diffusion.draw_timesteps_and_noise(scheduler, x0.shape, gen)
+                labels = None
+                if cond:  # the batch's labels, each dropped to the null class with p_uncond (same generator)
+                    labels = diffusion.drop_class_labels(
+                        torch.tensor(batch_labels(batch, cond["num_classes"], config["train_url"])),
+                        cond["p_uncond"], cond["num_classes"], gen).to(device)
                 loss = diffusion.diffusion_loss(engine, x0, t.to(device), noise.to(device), scheduler, labels)
                 engine.backward(loss)
                 engine.step()
@@ -191,6 +196,15 @@ def train_loop_per_worker(config: dict) -> None:
                                                                   if t_warm and t_end and step > warm_at else None},
                                          storage_options=so)
         dist.barrier()
+
+
+def batch_labels(batch, num_classes: int, train_url: str) -> list[int]:
+    """The class ids of a batch of (image, lineage) samples; a DataError naming the set when one has none."""
+    from collapse.classes import check_labels
+    try:
+        return check_labels([m.get("label") for _, m in batch], num_classes, f"training set {train_url}").tolist()
+    except ValueError as e:
+        raise DataError(f"{e} (model.num_classes={num_classes}: the run is class-conditional)") from None
 
 
 @contextlib.contextmanager
@@ -237,10 +251,12 @@ def _save_checkpoint(engine, step, client_state, model_url, work, rank, so, spec
 
 
 def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers: int = 1, use_gpu: bool = False,
-                cpus_per_worker: float = 1.0, conditional: bool = False, max_failures: int = 0,
+                cpus_per_worker: float = 1.0, conditional: dict | None = None, max_failures: int = 0,
                 fail_at_step: int | None = None, storage_options: dict | None = None, progress=print) -> dict:
     """Train a model on the set at ``train_url`` into ``model_url``; a no-op when it is already there.
 
+    ``conditional``: ``{"num_classes": K, "p_uncond": p}`` trains a class-conditional model on the set's
+    labels (classifier-free guidance training); None an unconditional one.
     ``max_failures``: worker-group restarts Ray Train may make; each resumes from the latest
     checkpoint. ``fail_at_step`` kills a worker once at that step (to test exactly that).
     """
@@ -248,7 +264,8 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     spec.validate(num_workers)
-    spec_hash = mf.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url, "conditional": conditional})
+    spec_hash = mf.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url,
+                                "conditional": conditional or False})  # False: the hash of unconditional models
     done = mf.try_read_manifest(model_url, storage_options)
     if done is not None and done.get("extra", {}).get("spec_hash") == spec_hash:
         progress(f"train: {model_url} is already trained ({done['extra']['steps']} steps); skipping")

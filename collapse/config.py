@@ -80,7 +80,10 @@ class DataSection:
 @dataclass(frozen=True)
 class ModelSection:
     preset: str = "tiny"            # a name of collapse.diffusion.UNET_PRESETS
-    num_classes: int = _f(0, NONNEG)  # 0: unconditional; K >= 2: class-conditional on K classes
+    num_classes: int = _f(0, NONNEG)  # 0: unconditional; K >= 2: class-conditional on the source's labels 0..K-1
+    # classifier-free guidance training (Ho & Salimans 2022): each label is replaced by the null class
+    # with this probability, so one network learns the conditional and the unconditional model
+    p_uncond: float = _f(0.1, "[0, 1)")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,10 @@ class TrainSection:                 # cluster.train.TrainSpec, less preset (mode
 class SampleSection:
     method: str = _f("ddim", ("ddpm", "ddim"))  # ddpm: the paper's ancestral sampler
     steps: int = _f(50, "[1, 1000]")
-    guidance_scale: float = _f(1.0, NONNEG)    # != 1 only for a class-conditional model
+    guidance_scale: float = _f(1.0, NONNEG)    # != 1 only for a class-conditional model (a strategy may set its own)
+    # class-conditional runs: the class each sample is asked for (collapse.classes.assign_labels):
+    # [] = balanced (sample i gets class i mod K); K weights = drawn from that distribution, per sample
+    class_weights: tuple[float, ...] = ()
     shard_size: int = _f(1000, ANY)
     batch_size: int = _f(64, ANY)
 
@@ -128,6 +134,10 @@ class Strategy:
     features: str | None = None     # selection space (greedy, tdf): pixel | classifier | effnet-lite0 | dinov2
     tau0: float | None = _f(None, POS)        # tdf only
     alpha: float | None = _f(None, "(0, 1)")  # tdf only
+    # class-conditional runs: this chain's guidance scale (null: sample.guidance_scale); a scale other
+    # than the run's samples its own generation-1 pool from the shared model M_1
+    guidance_scale: float | None = _f(None, NONNEG)
+    per_class: bool = False         # random/greedy/tdf: select within each class, keeping its share of N
 
     def __post_init__(self):
         kind = self.kind or self.name
@@ -424,11 +434,23 @@ def _changes(old, new) -> dict:
     out = {}
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if a is _ABSENT and b is not _ABSENT and b == _default_of(k):
+            continue  # a field added after the old run was written, at its default: the same computation
         if isinstance(a, dict) and isinstance(b, dict):
             out.update(_changes({k: a}, {k: b}) if a != b else {})
         elif a != b:
             out[k] = (a, b)
     return out
+
+
+def _default_of(key: str):
+    """The default of a flat key (``section.field``, or ``strategies.NAME.field`` for a field whose
+    default does not depend on the kind); _ABSENT when there is none."""
+    parts = key.split(".")
+    if parts[0] == "strategies" and len(parts) == 3:
+        f = {f.name: f for f in dataclasses.fields(Strategy)}.get(parts[2])
+        return _ABSENT if f is None or parts[2] in ("name", "kind", "pool_factor", "features", "alpha") else f.default
+    return _flatten(to_dict(RunConfig())).get(key, _ABSENT) if parts[0] != "strategies" else _ABSENT
 
 
 def diff(old: RunConfig | dict, new: RunConfig | dict) -> list[str]:

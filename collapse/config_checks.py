@@ -102,15 +102,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(_CHANNELS[d.mode] == channels, "data.mode", f"{d.mode!r} does not fit model.preset {m.preset!r} "
           f"({channels} channel(s)); allowed: {'grey' if channels == 1 else 'rgb'}")
     _need(m.num_classes != 1, "model.num_classes", "1 is not allowed; allowed: 0 (unconditional) or >= 2")
-    # collapse.diffusion has class conditioning and guidance; the training stage does not pass labels yet
-    _need(m.num_classes == 0, "model.num_classes", f"{m.num_classes}: class-conditional runs are not wired "
-          "into the training stage yet; allowed: 0")
+    _check_classes(cfg)
     _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"{list(t.betas)}: allowed: "
           "two numbers in [0, 1), e.g. [0.95, 0.999]")
     _need(t.precision == "fp32" or cfg.resources.train_gpus > 0, "train.precision",
           f"{t.precision!r} needs GPUs (resources.train_gpus > 0); allowed on CPU: 'fp32'")
-    _need(s.guidance_scale == 1.0 or m.num_classes >= 2, "sample.guidance_scale",
-          f"{s.guidance_scale} needs a class-conditional model (model.num_classes >= 2); allowed: 1.0")
     if p.name == "fresh":
         _need(1 <= round(p.fresh_fraction * d.n) <= d.n - 1, "paradigm.fresh_fraction", f"{p.fresh_fraction} "
               f"gives {round(p.fresh_fraction * d.n)} fresh images of data.n={d.n}; allowed: 1 to N - 1 of them")
@@ -137,6 +133,34 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
     _check_source_size(d.source, pd.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
     return cfg
+
+
+def _check_classes(cfg: RunConfig) -> None:
+    """Labels, guidance and per-class selection: only in a class-conditional run, and consistent."""
+    m, s, K = cfg.model, cfg.sample, cfg.model.num_classes
+    scales = [("sample.guidance_scale", s.guidance_scale)] + [
+        (f"strategies.{st.name}.guidance_scale", st.guidance_scale) for st in cfg.strategies
+        if st.guidance_scale is not None]
+    for key, scale in scales:
+        _need(scale == 1.0 or K >= 2, key, f"{scale} needs a class-conditional model (model.num_classes >= 2); "
+              "allowed: 1.0")
+        _need(scale == 1.0 or m.p_uncond > 0, key, f"{scale} guides with an unconditional model that "
+              "model.p_uncond = 0 never trains; allowed: 1.0, or model.p_uncond > 0 (e.g. 0.1)")
+    if s.class_weights:
+        _need(K >= 2 and len(s.class_weights) == K and all(w >= 0 for w in s.class_weights)
+              and sum(s.class_weights) > 0, "sample.class_weights",
+              f"{list(s.class_weights)}: allowed: [] (balanced), or model.num_classes = {K} weights >= 0 with a "
+              "positive sum" + ("" if K >= 2 else " (needs a class-conditional model)"))
+    for st in cfg.strategies:
+        if st.per_class:
+            _need(K >= 2, f"strategies.{st.name}.per_class", "true needs a class-conditional model "
+                  "(model.num_classes >= 2); allowed: false")
+            _need(st.kind in SELECTING, f"strategies.{st.name}.per_class", f"true: kind {st.kind} selects "
+                  f"nothing; allowed: false, or kind {' / '.join(SELECTING)}")
+    _need(cfg.data.source != "digits" or K in (0, 10), "model.num_classes", f"{K}: digits has 10 classes; "
+          "allowed: 0 or 10")
+    _need(cfg.data.source != "fashion-mnist" or K in (0, 10), "model.num_classes", f"{K}: fashion-mnist has 10 "
+          "classes; allowed: 0 or 10")
 
 
 def _check_source_size(source: str, real_n: int, holdout: int) -> None:

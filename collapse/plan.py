@@ -97,11 +97,51 @@ def plan(cfg: RunConfig) -> Plan:
         if n == 1:
             b.generation(None, 1)
         for s in cfg.strategies:
-            if n > 1:
+            if n > 1 or pool_owner(cfg, s, 1) != SHARED:
                 b.generation(s, n)
             if n < cfg.run.generations:
                 b.select(s, n)
     return Plan(b.layout.root, cf.config_hash(cfg), tuple(b.stages), tuple(_notes(cfg)))
+
+
+def guidance_scale(cfg: RunConfig, s: Strategy | None) -> float:
+    """The guidance scale strategy s samples with (the run's, sample.guidance_scale, when it sets none)."""
+    own = None if s is None else s.guidance_scale
+    return float(cfg.sample.guidance_scale if own is None else own)
+
+
+def pool_owner(cfg: RunConfig, s: Strategy, n: int) -> str:
+    """Who owns strategy s's pool of generation n (and its features and scores): SHARED at generation 1
+    for a strategy sampling at the run's guidance scale, else the strategy. M_1 and D_1 are always shared."""
+    return SHARED if n == 1 and guidance_scale(cfg, s) == guidance_scale(cfg, None) else s.name
+
+
+def shares_generation_one(cfg: RunConfig) -> list[str]:
+    """The strategies whose generation-1 pool and figures are the shared ones."""
+    return [s.name for s in cfg.strategies if pool_owner(cfg, s, 1) == SHARED]
+
+
+def _conditional(cfg: RunConfig) -> dict:
+    """What a class-conditional run adds to the train and sample stages' parameters; nothing for an
+    unconditional one, whose stage hashes stay those of runs written before classes existed."""
+    m = cfg.model
+    return {"conditional": {"num_classes": m.num_classes, "p_uncond": m.p_uncond}} if m.num_classes else {}
+
+
+def _sample_spec(cfg: RunConfig, s: Strategy | None) -> dict:
+    spec = {**dataclasses.asdict(cfg.sample), "guidance_scale": guidance_scale(cfg, s)}
+    if not spec["class_weights"]:
+        del spec["class_weights"]  # balanced: the default of cluster.sample.SampleSpec
+    return spec
+
+
+def _strategy_params(s: Strategy) -> dict:
+    """A strategy's fields for the select stage; per_class and guidance_scale only when set (see _conditional)."""
+    d = dataclasses.asdict(s)
+    for name, default in (("per_class", False), ("guidance_scale", None)):
+        if d[name] == default:
+            del d[name]
+    return d
 
 
 class _Builder:
@@ -163,22 +203,31 @@ class _Builder:
                  {"rule": "the first N keys of real/train", "N": self.N})
 
     def generation(self, s: Strategy | None, n: int) -> None:
-        """train, sample, featurize, score of generation n (s None: the shared generation 1)."""
-        c, L, o = self.cfg, self.layout, self.owner(s, n)
-        strategies = c.strategies if s is None else (s,)
+        """train, sample, featurize, score of generation n (s None: the shared generation 1). A strategy's
+        own generation 1 (a guidance scale other than the run's) samples, featurizes and scores the shared M_1."""
+        c, L = self.cfg, self.layout
+        o = SHARED if s is None else pool_owner(c, s, n)
+        strategies = [x for x in c.strategies if pool_owner(c, x, 1) == SHARED] if s is None else [s]
         size = self.train_size(s, n)
         made_by = f"{SHARED}/gen-001/train-set" if n == 1 else f"{s.name}/gen-{n - 1:03d}/select"
         # scored: the pool's first gs_samples; candidates: its first k*N (gs_samples may exceed k*N)
         count = c.metrics.gs_samples if n == self.G else max(c.metrics.gs_samples, *(
-            pd.pool_size(self.N, x.pool_factor) for x in strategies))
-        t = self.add("train", o, n, [made_by], {"train_set": L.train_set(o, n)}, {"model": L.model(o, n)},
-                     {"train_set": size, "steps": c.train.steps}, self.res("train"),
-                     {"spec": {**dataclasses.asdict(c.train), "preset": c.model.preset,   # cluster.train.TrainSpec
-                               "seed": stage_seed(c.run.seed, n, "train")}, "num_classes": c.model.num_classes})
-        sm = self.add("sample", o, n, [t], {"model": L.model(o, n)}, {"pool": L.pool(o, n)}, {"pool": count},
+            pd.pool_size(self.N, x.pool_factor) for x in strategies), 1)
+        if n == 1 and s is not None:
+            t = f"{SHARED}/gen-001/train"
+        else:
+            t = self.add("train", o, n, [made_by], {"train_set": L.train_set(o, n)}, {"model": L.model(o, n)},
+                         {"train_set": size, "steps": c.train.steps}, self.res("train"),
+                         {"spec": {**dataclasses.asdict(c.train), "preset": c.model.preset,  # cluster.train.TrainSpec
+                                   "seed": stage_seed(c.run.seed, n, "train")}, "num_classes": c.model.num_classes,
+                          **_conditional(c)})
+        if s is None and not strategies:
+            return  # every strategy samples generation 1 at a guidance scale of its own
+        model = L.model(SHARED if n == 1 else o, n)
+        sm = self.add("sample", o, n, [t], {"model": model}, {"pool": L.pool(o, n)}, {"pool": count},
                       self.res("sample"),
                       {"spec": {"count": count, "run_seed": c.run.seed, "generation": n,   # cluster.sample.SampleSpec
-                                "num_classes": c.model.num_classes, **dataclasses.asdict(c.sample)}})
+                                "num_classes": c.model.num_classes, **_sample_spec(c, s)}})
         ex = self.extractors(strategies, n)
         f = self.add("featurize", o, n, [sm] + self.real_after[1:], {"pool": L.pool(o, n)},
                      {e: features_url(L.pool(o, n), e) for e in ex}, {"images": count}, self.res("featurize"),
@@ -186,7 +235,8 @@ class _Builder:
         d1 = f"{SHARED}/gen-001/train-set"  # D_1 (real) sets the copy radius rho of every generation
         after = [f, made_by, *([d1] if made_by != d1 else []), "featurize-real"] + self.real_after[1:]
         self.add("score", o, n, after,
-                 {"train_set": L.train_set(o, n), "pool": L.pool(o, n), "holdout": L.real("holdout"),
+                 {"train_set": L.train_set(SHARED if n == 1 else o, n), "pool": L.pool(o, n),
+                  "holdout": L.real("holdout"),
                   "real_train_set": L.train_set(SHARED, 1),
                   **({"classifier": L.classifier} if c.metrics.classifier_images else {})},
                  {"metrics": L.metrics(o, n)},
@@ -212,13 +262,13 @@ class _Builder:
             elif seg.source == "train":
                 inputs["train_set"] = L.train_set(self.owner(s, n), n)
             else:
-                inputs[f"pool-{seg.generation:03d}"] = L.pool(self.owner(s, seg.generation), seg.generation)
+                inputs[f"pool-{seg.generation:03d}"] = L.pool(pool_owner(c, s, seg.generation), seg.generation)
         made_by = f"{SHARED}/gen-001/train-set" if n == 1 else f"{s.name}/gen-{n - 1:03d}/select"
-        after = [f"{self.owner(s, n)}/gen-{n:03d}/featurize", made_by, "featurize-real"]
+        after = [f"{pool_owner(c, s, n)}/gen-{n:03d}/featurize", made_by, "featurize-real"]
         self.add("select", s.name, n, after, inputs,
                  {"selection": L.selection(s.name, n), "train_set": L.train_set(s.name, n + 1)},
                  {"candidates": r.n_candidates, "forced": r.n_forced, "keep": r.size}, self.res("score"),
-                 {**dataclasses.asdict(s), "paradigm": p.name, "fresh_fraction": p.fresh_fraction, "how": r.how,
+                 {**_strategy_params(s), "paradigm": p.name, "fresh_fraction": p.fresh_fraction, "how": r.how,
                   "choose": r.choose, "seed": stage_seed(c.run.seed, n, "select")})
 
 

@@ -259,6 +259,10 @@ class SampleSet:
         while chunk := list(itertools.islice(it, batch_size)):
             yield [s.key for s in chunk], np.stack([s.image for s in chunk]), [s.meta for s in chunk]
 
+    def labels(self, keys: Iterable[str] | None = None) -> dict[str, int | None]:
+        """``{key: meta["label"]}`` of every sample (or of ``keys``); None for a sample without one."""
+        return {s.key: s.meta.get("label") for s in self.iter_samples(keys)}
+
     def load(self, keys: Iterable[str] | None = None) -> tuple[list[str], np.ndarray, list[dict]]:
         """The whole set (or ``keys``) in memory: ``(keys, images, lineage)``."""
         samples = list(self.iter_samples(keys))

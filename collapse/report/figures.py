@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -81,6 +82,18 @@ QUALITY_METRICS = (
     Metric("quality.rejected", "Samples classified as no class", "rejected", "fraction",
            "Share of samples the classifier puts in its 'no class' label (noise-like images).", True),
 )
+# A class-conditional run's figures (row["classes"], collapse.classes.class_figures; None when unconditional)
+CLASS_METRICS = (
+    Metric("classes.train_class_entropy", "Class balance of the training set", "H(labels of D_n)", "nats",
+           "Entropy of the class histogram of D_n (the labels in its lineage); the dotted line is ln K, perfect "
+           "balance. It falls when the models or the selection favour some classes.", True),
+    Metric("classes.agreement_mean", "Samples of the class they were generated for", "agreement", "fraction",
+           "Share of the scored samples that the run's real-data classifier puts in their conditioning class; the "
+           "dotted line is its accuracy on held-out real images.", True),
+)
+# The dotted reference line of a run-level figure: the same figure of the held-out real images
+REFERENCES = {"quality.confidence": "quality.real_confidence", "quality.class_entropy": "quality.real_class_entropy",
+              "quality.rejected": "quality.real_rejected", "classes.agreement_mean": "classes.real_agreement"}
 TABLE_KEYS = ("entropy", "gs", "memorization", "memorization_real_scale", "manifold_ratio", "fd", "precision",
               "recall")
 
@@ -116,6 +129,20 @@ def value(row: dict, m: Metric, space: str | None) -> float | None:
     else:
         v = ((row.get("spaces") or {}).get(space) or {}).get(m.key)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def reference(run: Run, key: str) -> tuple[str, float] | None:
+    """(label, y) of the dotted line of the run-level figure ``key``: its value on held-out real images
+    (the first row that has one), or ln K for the class balance of D_n (a uniform histogram); None
+    when the run has none."""
+    if key == "classes.train_class_entropy":
+        k = num_classes(run)
+        return (f"ln K = ln {k} (balanced)", math.log(k)) if k >= 2 else None
+    if key not in REFERENCES:
+        return None
+    m = Metric(REFERENCES[key], "", "", "", "", True)
+    v = next((x for x in (value(r, m, None) for r in run.rows) if x is not None), None)
+    return None if v is None else ("real held-out", v)
 
 
 def unrecognizable(run: Run) -> list[dict]:
@@ -206,6 +233,66 @@ def nearest_training(generated: np.ndarray, training: np.ndarray, k: int = 3, cl
     ratio = np.where(d[:, 1] > 0, d[:, 0] / np.where(d[:, 1] > 0, d[:, 1], 1), 0.0)
     return Evidence(rows, labels, idx[list(rows), :k], d[:, :k], ratio,
                     copy_mask_from_distances(d[:, 0], d[:, 1]))
+
+
+def owner_of(row: dict) -> str:
+    """Whose generation a metric row describes: SHARED for the shared generation 1, else its strategy."""
+    return SHARED if row.get("shared") else row["strategy"]
+
+
+def row_of(run: Run, owner: str, generation: int) -> dict:
+    """The metric row of one owner's generation ({} when not scored yet)."""
+    return next((r for r in run.rows if r["generation"] == generation and owner_of(r) == owner), {})
+
+
+def has_classes(runs: list[Run]) -> bool:
+    """Whether any scored generation of ``runs`` is class-conditional (has per-class figures)."""
+    return any(r.get("classes") for run in runs for r in run.rows)
+
+
+def num_classes(run: Run) -> int:
+    """K of a class-conditional run (its rows', else its config's model.num_classes); 0 when unconditional."""
+    k = next((r["classes"].get("num_classes") for r in run.rows if r.get("classes")), None)
+    return int(k if k is not None else ((run.config or {}).get("model") or {}).get("num_classes") or 0)
+
+
+def class_rows(run: Run) -> list[tuple[str, dict]]:
+    """(owner, row) of every class-conditional scored generation once (the shared generation 1 is one)."""
+    seen, out = set(), []
+    for r in run.rows:
+        if r.get("classes") and (owner_of(r), r["generation"]) not in seen:
+            seen.add((owner_of(r), r["generation"]))
+            out.append((owner_of(r), r))
+    return out
+
+
+def strategy_scales(run: Run) -> list[tuple[str, float, bool, bool]]:
+    """Per configured strategy: (name, the guidance scale it samples with, whether that is its own and
+    differs from the run's sample.guidance_scale, per_class selection)."""
+    cfg = run.config or {}
+    base = float((cfg.get("sample") or {}).get("guidance_scale", 1.0))
+    out = []
+    for s in cfg.get("strategies") or []:
+        own = s.get("guidance_scale")
+        scale = base if own is None else float(own)
+        out.append((s["name"], scale, scale != base, bool(s.get("per_class"))))
+    return out
+
+
+def first_by_label(samples: Iterable, num_classes: int, count: int, limit: int) -> list[list[np.ndarray]]:
+    """The first ``count`` images of each class 0..K-1 (their ``meta["label"]``) among the first ``limit``
+    samples, as K lists of (H, W[, 3]) arrays. Stops as soon as every class has ``count``, so a set's
+    ``iter_samples()`` reads only the shards needed; a sample with no label in 0..K-1 is passed over."""
+    rows: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    full = 0
+    for s in itertools.islice(samples, limit):
+        c = s.meta.get("label")
+        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_classes and len(rows[c]) < count:
+            rows[c].append(s.image)
+            full += len(rows[c]) == count
+            if full == num_classes:
+                break
+    return rows
 
 
 def first_images(sample_set, count: int) -> tuple[list[str], np.ndarray]:

@@ -1,5 +1,6 @@
 """The report's figures as PNG bytes: metric-against-generation lines, the ln GS against H(D_n)
-scatter (the paper's central figure), nearest-training-image panels and sample mosaics.
+scatter (the paper's central figure), nearest-training-image panels, sample mosaics and, for
+class-conditional runs, grids of one row of samples per class.
 
 Pure: arrays and plain numbers in, bytes out. Matplotlib's object API with the Agg canvas (no
 pyplot, no global state), so figures can be drawn from any thread and never open a window.
@@ -20,7 +21,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 # Okabe-Ito colours (distinguishable with colour-blindness), yellow left out (unreadable on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -174,6 +175,37 @@ def mosaic(images: np.ndarray, columns: int = 8, tile: int = 32, gap: int = 2) -
     for i, img in enumerate(images):
         tile_img = Image.fromarray(img, mode=mode).resize((w * scale, h * scale), Image.NEAREST)
         sheet.paste(tile_img, (gap + (i % columns) * (w * scale + gap), gap + (i // columns) * (h * scale + gap)))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def class_grid(rows: list[list[np.ndarray]], columns: int = 8, tile: int = 32, gap: int = 2,
+               label_width: int = 24) -> bytes:
+    """One row per class as PNG bytes, row c labelled ``c`` at its left: ``rows[c]`` holds the images
+    (H, W[, 3]) uint8 of class c, the first ``columns`` of them shown (fewer leave the rest of the row
+    blank, none a blank row, so a missing class shows). Scaled like :func:`mosaic` by s = max(1, tile //
+    max(H, W)): the sheet is label_width + columns * (W s + gap) + gap wide and len(rows) * (H s + gap)
+    + gap high."""
+    shown = [img for row in rows for img in row[:columns]]
+    if not shown:
+        raise ValueError("class_grid needs at least one image in some row")
+    h, w = shown[0].shape[:2]
+    scale, mode = max(1, tile // max(h, w)), "L" if shown[0].ndim == 2 else "RGB"
+    white, black, grey = (255, 0, 150) if mode == "L" else ((255, 255, 255), (0, 0, 0), (150, 150, 150))
+    sheet = Image.new(mode, (label_width + columns * (w * scale + gap) + gap, len(rows) * (h * scale + gap) + gap),
+                      white)
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    for c, row in enumerate(rows):
+        top = gap + c * (h * scale + gap)
+        draw.text((label_width // 2, top + h * scale // 2), str(c), fill=black, font=font, anchor="mm")
+        if not row:
+            draw.text((label_width + gap + 2, top + h * scale // 2), "none", fill=grey, font=font, anchor="lm")
+        for j, img in enumerate(row[:columns]):
+            if img.shape[:2] != (h, w) or img.ndim != shown[0].ndim:
+                raise ValueError(f"class_grid: class {c} image {j} has shape {img.shape}, expected {shown[0].shape}")
+            tile_img = Image.fromarray(img, mode=mode).resize((w * scale, h * scale), Image.NEAREST)
+            sheet.paste(tile_img, (label_width + gap + j * (w * scale + gap), top))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()

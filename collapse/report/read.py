@@ -5,7 +5,10 @@ exists, a sample set once its manifest exists, a stage once its record exists. E
 through :mod:`collapse.data.storage`, so a run on ``s3://`` reads like a local one.
 
 Metric rows have the shape of ``<run>/metrics.jsonl`` (cluster/loop.py): one per strategy and
-generation, generation 1 (owned by ``shared``) repeated per strategy with ``"shared": True``. They
+generation, generation 1 (owned by ``shared``) repeated per strategy with ``"shared": True``. A
+strategy of a class-conditional run that samples at a guidance scale other than the run's owns its
+generation-1 pool and figures (``<run>/<strategy>/gen-001/``, no train set or model there: D_1 and
+M_1 stay the shared ones); it gets that row (``"shared": False``) instead of the shared one. Rows
 are rebuilt from the per-generation ``metrics.json`` files, which exist before the log is written
 at the end of a run; the log is the fallback when no per-generation file is found.
 """
@@ -131,12 +134,15 @@ def _generations(run: Run, owner: str) -> list[Generation]:
 
 
 def _metric_rows(run: Run) -> list[dict]:
+    """One row per strategy and scored generation: a shared generation's row for every strategy that
+    has no figures of its own for that generation (module docstring)."""
+    own = {(g.owner, g.generation) for g in run.generations if g.owner != SHARED and g.has_metrics}
     rows = []
     for g in run.generations:
         if not g.has_metrics:
             continue
         m = json.loads(storage.read_bytes(run.layout.metrics(g.owner, g.generation), run.storage_options))
-        names = run.strategies if g.owner == SHARED else [g.owner]
+        names = [s for s in run.strategies if (s, g.generation) not in own] if g.owner == SHARED else [g.owner]
         rows += [{**m, "strategy": s, "shared": g.owner == SHARED} for s in names]
     if not rows:
         try:
@@ -145,6 +151,14 @@ def _metric_rows(run: Run) -> list[dict]:
             return []
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return sorted(rows, key=lambda r: (r["generation"], _order(run.strategies, r["strategy"])))
+
+
+def train_set_of(run: Run, g: Generation) -> SampleSet | None:
+    """D_n of generation ``g``: its own, else (a strategy's own generation 1, which holds only its pool
+    and figures) the shared one of that generation, on which the pool's model was trained."""
+    if g.train is not None or g.owner == SHARED:
+        return g.train
+    return next((s.train for s in run.generations if s.owner == SHARED and s.generation == g.generation), None)
 
 
 def _order(names: list[str], name: str) -> int:

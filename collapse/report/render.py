@@ -2,8 +2,10 @@
 
 Sections, top to bottom: status and legend; ln GS against H(D_n) with Pearson's r (the paper's
 central figure); one plot per metric against generation (a line per strategy and run); the last
-generation of each strategy; samples per generation with their nearest training images; the
-time of each stage; the config and its hash; links to every artefact.
+generation of each strategy; for class-conditional runs only, the per-class view (class balance
+of D_n, agreement with the conditioning label, per-class figures, a row of samples per class);
+samples per generation with their nearest training images; the time of each stage; the config and
+its hash; links to every artefact.
 
 Written through :mod:`collapse.data.storage` (``file://``, ``s3://``, ``memory://``, ...): the PNGs
 first, ``index.html`` last, so a reader never sees a page that points at missing images. A run
@@ -20,13 +22,15 @@ from collapse.errors import NotFinishedError
 from collapse.plan import SHARED, STAGES
 from collapse.report import figures as F
 from collapse.report import html as H
-from collapse.report.plots import (LINESTYLES, SHARED_COLOUR, assign_colours, gs_entropy_plot, line_plot, mosaic,
-                                   neighbours_plot)
-from collapse.report.read import Generation, Run, normalise_root, read_run
+from collapse.report.plots import (LINESTYLES, SHARED_COLOUR, assign_colours, class_grid, gs_entropy_plot, line_plot,
+                                   mosaic, neighbours_plot)
+from collapse.report.read import Generation, Run, normalise_root, read_run, train_set_of
 
 GRID_SAMPLES = 64        # generated samples shown per generation and strategy
 NEIGHBOUR_QUERY = 1000   # the first (scored) samples searched for the closest and typical ones
 SHOWN_SHARDS = 6
+CLASS_SAMPLES = 8        # samples shown per class in a per-class grid
+CLASS_SCAN = 4000        # a per-class grid looks for them among this many first samples of a set
 LINESTYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 
 
@@ -43,7 +47,7 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     colours = assign_colours([s for r in runs for s in r.strategies])
     body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files),
                       metric_plots(runs, colours, files),
-                      final_table(runs), samples(runs, files), stage_times(runs), configs(runs, out),
+                      final_table(runs), per_class(runs, colours, files), samples(runs, files), stage_times(runs), configs(runs, out),
                       artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
     for name, data in files.items():
@@ -154,15 +158,12 @@ def metric_plots(runs: list[Run], colours: dict[str, str], files: dict) -> str:
 
 
 def _references(runs, m: F.Metric) -> list[tuple[str, float]]:
-    """The real held-out images' value of a quality figure, one dotted line per run."""
-    name = {"quality.confidence": "real_confidence", "quality.class_entropy": "real_class_entropy",
-            "quality.rejected": "real_rejected"}.get(m.key)
+    """The dotted reference line of a run-level figure (figures.reference), one per run."""
     out = []
-    for run in runs if name else ():
-        v = next(((r.get("quality") or {}).get(name) for r in run.rows if (r.get("quality") or {}).get(name)
-                  is not None), None)
-        if v is not None:
-            out.append((f"real held-out{'' if len(runs) == 1 else ' ' + run.label}", float(v)))
+    for run in runs if m.run_level else ():
+        ref = F.reference(run, m.key)
+        if ref is not None:
+            out.append((ref[0] + ("" if len(runs) == 1 else " " + run.label), ref[1]))
     return out
 
 
@@ -224,6 +225,84 @@ def stage_times(runs: list[Run]) -> str:
     return "\n".join(out)
 
 
+# -- per class (class-conditional runs only)
+
+def per_class(runs: list[Run], colours: dict[str, str], files: dict) -> str:
+    """Class balance of D_n and agreement with the conditioning label against generation, a table of
+    the per-class figures and a grid of one row of samples per class; "" when no row has ``classes``."""
+    if not F.has_classes(runs):
+        return ""
+    figs = [_metric_figure(runs, colours, m, None, files) for m in F.CLASS_METRICS]
+    out = ["<h2 id='per-class'>Per class</h2><p class='small muted'>The run is class-conditional: every sample is "
+           "generated for a class (its conditioning label) and every image of D_n carries one. Agreement: the share "
+           "of the samples generated for a class that the run's classifier of the real classes puts in it.</p>",
+           f"<div class='grid'>{''.join(figs)}</div>"]
+    for i, run in enumerate(runs):
+        if F.num_classes(run) >= 2:
+            out += [f"<h3>{H.esc(run.label)}: {F.num_classes(run)} classes</h3>", _scales(run), _class_table(run),
+                    _class_grids(run, f"grids/run{i + 1}-", files)]
+    return "\n".join(out)
+
+
+def _scales(run: Run) -> str:
+    parts = [f"{H.esc(name)} {H.num(scale)}" + (" (its own generation 1)" if own else "")
+             + (", per-class selection" if per_class else "") for name, scale, own, per_class in F.strategy_scales(run)]
+    return f"<p>guidance scale per strategy: {'; '.join(parts)}</p>" if parts else ""
+
+
+def _class_table(run: Run) -> str:
+    """Per scored generation (the shared generation 1 once) one line per figure, one column per class."""
+    k, found = F.num_classes(run), [s for _, r in F.class_rows(run) for s in (r["classes"].get("spaces") or {})]
+    space = "pixel" if "pixel" in found else (found[0] if found else "pixel")
+    at = lambda v, c: v[c] if isinstance(v, list) and c < len(v) else None   # noqa: E731
+    rows = []
+    for owner, r in F.class_rows(run):
+        c, whole = r["classes"], (r.get("spaces") or {}).get(space) or {}
+        sp = (c.get("spaces") or {}).get(space) or {}
+        counts = c.get("train_counts")
+        lines = [("count in D_n", counts, sum(counts) if isinstance(counts, list) else None),
+                 ("generated", c.get("generated_counts"), None),
+                 ("agreement", c.get("agreement"), c.get("agreement_mean")),
+                 (f"H(D_n^c) [nats], {space}", sp.get("entropy"), whole.get("entropy")),
+                 (f"memorized (rho), {space}", sp.get("memorization_real_scale"), whole.get("memorization_real_scale"))]
+        for j, (name, per, total) in enumerate(lines):
+            head = [H.esc(owner), str(r["generation"]), H.num(c.get("guidance_scale"))] if j == 0 else ["", "", ""]
+            rows.append(head + [H.esc(name)] + [H.num(at(per, x), 3) for x in range(k)] + [H.num(total, 3)])
+    heads = ["owner", "gen", "guidance scale", "figure"] + [f"class {x}" for x in range(k)] + ["all"]
+    real = next((r["classes"].get("real_agreement") for _, r in F.class_rows(run)
+                 if r["classes"].get("real_agreement") is not None), None)
+    note = (f"<p class='small muted'>all: the whole generation (agreement over every scored sample; H and "
+            f"memorized over all of D_n and the samples). The classifier's accuracy on held-out real images: "
+            f"{H.num(real, 3)}.</p>")
+    return "<div class='small'>" + H.table(heads, rows, 4) + "</div>" + note
+
+
+def _class_grids(run: Run, prefix: str, files: dict) -> str:
+    """Real training images, then every pool (the shared generation 1 once): one row of samples per class."""
+    k, cards = F.num_classes(run), []
+    try:
+        sets = [("real/train", "real-train", SampleSet(run.layout.real("train"), run.storage_options), "")]
+    except NotFinishedError:
+        sets = []
+    for g in sorted((g for g in run.generations if g.pool is not None), key=lambda g: g.generation):
+        row = F.row_of(run, g.owner, g.generation)
+        scale = (row.get("classes") or {}).get("guidance_scale")
+        sets.append((f"{g.owner}: P_{g.generation}", f"{g.owner}-gen-{g.generation:03d}", g.pool,
+                     "" if scale is None else f", guidance scale {H.num(scale)}"))
+    for title, stem, sample_set, scale in sets:
+        rows = F.first_by_label(sample_set.iter_samples(), k, CLASS_SAMPLES, CLASS_SCAN)
+        head = f"<div class='card'><b>{H.esc(title)}</b>{scale}"
+        if not any(rows):
+            cards.append(head + f"<div class='partial'>no labelled sample among the first {CLASS_SCAN}</div></div>")
+            continue
+        name = f"{prefix}{stem}-classes.png"
+        files[name] = class_grid(rows, CLASS_SAMPLES)
+        cards.append(head + H.image(name, f"samples per class, {title}") + "</div>")
+    return (f"<p class='small muted'>Row c: the first {CLASS_SAMPLES} images of class c (their label; for generated "
+            f"samples the class they were generated for) among the first {CLASS_SCAN} of the set.</p>"
+            f"<div class='grid'>{''.join(cards)}</div>")
+
+
 # -- samples and nearest training images
 
 def samples(runs: list[Run], files: dict) -> str:
@@ -263,18 +342,19 @@ def _generation_card(run: Run, g: Generation, prefix: str, files: dict) -> str:
     stem = f"{prefix}{g.owner}-gen-{g.generation:03d}"
     files[stem + "-samples.png"] = mosaic(imgs[:GRID_SAMPLES])
     who = "shared (all strategies)" if g.owner == SHARED else g.owner
-    row = next((r for r in run.rows if r["generation"] == g.generation
-                and (SHARED if r.get("shared") else r["strategy"]) == g.owner), {})
+    row = F.row_of(run, g.owner, g.generation)
     q, rho = row.get("quality") or {}, ((row.get("spaces") or {}).get("pixel") or {}).get("copy_radius")
-    html = [f"<div class='card'><b>{H.esc(who)}</b>: P_{g.generation}, {g.pool.count} generated",
+    scale = f", guidance scale {H.num((row.get('classes') or {}).get('guidance_scale'))}" if row.get("classes") else ""
+    html = [f"<div class='card'><b>{H.esc(who)}</b>: P_{g.generation}, {g.pool.count} generated{scale}",
             H.image(stem + "-samples.png", f"samples of {who}, generation {g.generation}")]
     if q.get("confidence") is not None:
         flag = "" if q.get("recognizable") else " <span class='copy'>not recognizable</span>"
         html.append(f"<div class='small'>classifier confidence {H.num(q['confidence'], 3)} (real held-out "
                     f"{H.num(q.get('real_confidence'), 3)}), class entropy {H.num(q.get('class_entropy'), 3)} "
                     f"nats{flag}</div>")
-    if g.train is not None and g.train.count >= 2:
-        tkeys, timgs, _ = g.train.load()
+    train = train_set_of(run, g)     # a strategy's own generation 1: the shared D_1
+    if train is not None and train.count >= 2:
+        tkeys, timgs, _ = train.load()
         ev = F.nearest_training(imgs, timgs)
         files[stem + "-neighbours.png"] = neighbours_plot(imgs[list(ev.rows)], timgs[ev.neighbours], ev.distances,
                                                           list(ev.labels), ev.copies)
@@ -321,7 +401,10 @@ def _artefact_row(run: Run, g: Generation, ln) -> list[str]:
     model, url = "", L.model(g.owner, n)
     if g.model is not None:
         model = ln(url + "/", "model/") + " · " + ln(storage.join(url, "manifest.json"), "manifest")
-    return [H.esc(g.owner), str(n), _set_links(g.train, ln), model, _set_links(g.pool, ln), selection,
+    train = _set_links(g.train, ln)
+    if g.pool is not None and g.train is None and train_set_of(run, g) is not None:   # its own generation 1
+        train, model = f"<span class='muted'>the shared D_{n}</span>", f"<span class='muted'>the shared M_{n}</span>"
+    return [H.esc(g.owner), str(n), train, model, _set_links(g.pool, ln), selection,
             ln(L.metrics(g.owner, n), "metrics.json") if g.has_metrics else ""]
 
 

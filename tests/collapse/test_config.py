@@ -117,6 +117,16 @@ BAD = [
     (["sample.guidance_scale=3"], "sample.guidance_scale", "class-conditional"),
     (["model.preset=huge"], "model.preset", "allowed: cifar10-paper, small-28, small-32, tiny"),
     (["model.num_classes=1"], "model.num_classes", "allowed: 0"),
+    (["model.num_classes=5"], "model.num_classes", "fashion-mnist has 10 classes"),
+    (["model.num_classes=10", "model.p_uncond=0", "sample.guidance_scale=3"], "sample.guidance_scale",
+     "model.p_uncond = 0 never trains"),
+    (["strategies.greedy.guidance_scale=3"], "strategies.greedy.guidance_scale", "class-conditional"),
+    (["strategies.greedy.per_class=true"], "strategies.greedy.per_class", "needs a class-conditional"),
+    (["model.num_classes=10", "strategies.vanilla.per_class=true"], "strategies.vanilla.per_class",
+     "kind vanilla selects nothing"),
+    (["model.num_classes=10", "sample.class_weights=[1,2]"], "sample.class_weights", "model.num_classes = 10"),
+    (["sample.class_weights=[1,2]"], "sample.class_weights", "needs a class-conditional model"),
+    (["model.p_uncond=1"], "model.p_uncond", r"allowed: \[0, 1\)"),
     (["data.size=32"], "data.size", "allowed: 16"),
     (["data.mode=rgb"], "data.mode", "allowed: grey"),
     (["data.mode=cmyk"], "data.mode", "allowed: grey, rgb"),
@@ -217,6 +227,28 @@ def test_diff_and_extendable():
     assert not extendable(old, new)
 
 
-def test_class_conditional_runs_are_refused_until_the_training_stage_passes_labels():
-    with pytest.raises(ConfigError, match="model.num_classes: 10: class-conditional runs are not wired"):
-        load_config("tiny", ["model.num_classes=10"])
+def test_a_class_conditional_config_plans_its_own_generation_one_for_another_guidance_scale():
+    from collapse.plan import plan, shares_generation_one
+    cfg = load_config("tiny", ["model.num_classes=10", "strategies=vanilla,greedy,g7:vanilla",
+                               "strategies.g7.guidance_scale=7", "strategies.greedy.per_class=true"])
+    p = plan(cfg)
+    assert shares_generation_one(cfg) == ["vanilla", "greedy"]
+    own = p["g7/gen-001/sample"]
+    assert own.after == ("shared/gen-001/train",) and own.inputs["model"] == p["shared/gen-001/train"].outputs["model"]
+    assert own.params["spec"]["guidance_scale"] == 7.0 and p["shared/gen-001/sample"].params["spec"][
+        "guidance_scale"] == 1.0
+    assert "g7/gen-001/train" not in [s.key for s in p]
+    assert p["g7/gen-001/select"].inputs["pool-001"] == own.outputs["pool"]
+    assert p["g7/gen-002/sample"].params["spec"]["guidance_scale"] == 7.0
+    assert p["shared/gen-001/train"].params["conditional"] == {"num_classes": 10, "p_uncond": 0.1}
+    assert p["greedy/gen-001/select"].params["per_class"] is True
+
+
+def test_a_run_written_before_a_field_existed_resumes_when_the_field_is_at_its_default():
+    old = to_dict(load_config("demo"))
+    del old["model"]["p_uncond"], old["sample"]["class_weights"]
+    for st in old["strategies"]:
+        del st["per_class"], st["guidance_scale"]
+    assert diff(old, load_config("demo")) == []
+    assert diff(old, load_config("demo", ["strategies.greedy.per_class=true", "model.num_classes=10"])) == [
+        "model.num_classes: 0 -> 10", "strategies.greedy.per_class: (absent) -> true"]
