@@ -46,9 +46,8 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     files: dict[str, bytes] = {}
     colours = assign_colours([s for r in runs for s in r.strategies])
     body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files),
-                      metric_plots(runs, colours, files),
-                      final_table(runs), per_class(runs, colours, files), samples(runs, files), stage_times(runs), configs(runs, out),
-                      artefacts(runs, out)])
+                      metric_plots(runs, colours, files), final_table(runs), per_class(runs, colours, files),
+                      samples(runs, files), stage_times(runs), configs(runs, out), artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
     for name, data in files.items():
         storage.write_bytes(storage.join(out, name), data, so)
@@ -254,20 +253,20 @@ def _class_table(run: Run) -> str:
     """Per scored generation (the shared generation 1 once) one line per figure, one column per class."""
     k, found = F.num_classes(run), [s for _, r in F.class_rows(run) for s in (r["classes"].get("spaces") or {})]
     space = "pixel" if "pixel" in found else (found[0] if found else "pixel")
-    at = lambda v, c: v[c] if isinstance(v, list) and c < len(v) else None   # noqa: E731
+    at = lambda v, c: v[c] if isinstance(v, list) and c < len(v) else None        # noqa: E731
+    total = lambda v: sum(v) if isinstance(v, list) and None not in v else None   # noqa: E731
     rows = []
     for owner, r in F.class_rows(run):
         c, whole = r["classes"], (r.get("spaces") or {}).get(space) or {}
         sp = (c.get("spaces") or {}).get(space) or {}
-        counts = c.get("train_counts")
-        lines = [("count in D_n", counts, sum(counts) if isinstance(counts, list) else None),
-                 ("generated", c.get("generated_counts"), None),
+        lines = [("count in D_n", c.get("train_counts"), total(c.get("train_counts"))),
+                 ("generated", c.get("generated_counts"), total(c.get("generated_counts"))),
                  ("agreement", c.get("agreement"), c.get("agreement_mean")),
                  (f"H(D_n^c) [nats], {space}", sp.get("entropy"), whole.get("entropy")),
                  (f"memorized (rho), {space}", sp.get("memorization_real_scale"), whole.get("memorization_real_scale"))]
-        for j, (name, per, total) in enumerate(lines):
+        for j, (name, per, overall) in enumerate(lines):
             head = [H.esc(owner), str(r["generation"]), H.num(c.get("guidance_scale"))] if j == 0 else ["", "", ""]
-            rows.append(head + [H.esc(name)] + [H.num(at(per, x), 3) for x in range(k)] + [H.num(total, 3)])
+            rows.append(head + [H.esc(name)] + [H.num(at(per, x), 3) for x in range(k)] + [H.num(overall, 3)])
     heads = ["owner", "gen", "guidance scale", "figure"] + [f"class {x}" for x in range(k)] + ["all"]
     real = next((r["classes"].get("real_agreement") for _, r in F.class_rows(run)
                  if r["classes"].get("real_agreement") is not None), None)
