@@ -5,6 +5,7 @@ beside the set (``<set>/features/<name>/``). Import other image collections with
 """
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -32,13 +33,24 @@ def add_select_arguments(p) -> None:
                    help="greedy, tdf: split the pool across this many Ray actors (same picks; default 1: here)")
     p.add_argument("--address", help="with --shards > 1: Ray cluster address (default: RAY_ADDRESS, else a local "
                                      "Ray on 127.0.0.1)")
+    p.add_argument("--per-class", action="store_true",
+                   help="select within each class of the pool's labels (its lineage), each keeping its share of "
+                        "--n (largest remainder); every image needs a label")
 
 
-def _choose(args, x: np.ndarray, params: dict):
-    """The selection, in this process or (--shards K > 1) across K actors of a Ray cluster."""
+def _choose(args, x: np.ndarray, params: dict, labels=None):
+    """The selection, in this process or (--shards K > 1) across K actors of a Ray cluster; with
+    ``labels`` one selection per class (collapse.classes.select_per_class)."""
+    from collapse.classes import select_per_class
     from collapse.selection import select as choose
+
+    def run(how):
+        if labels is None:
+            return how(x, args.n, args.strategy, seed=args.seed, **params)
+        return select_per_class(x, labels, args.n, args.strategy, args.seed, max(labels) + 1, select_fn=how,
+                                **params)
     if args.shards == 1:
-        return choose(x, args.n, args.strategy, seed=args.seed, **params)
+        return run(choose)
     import os
     if args.address:
         os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
@@ -48,7 +60,7 @@ def _choose(args, x: np.ndarray, params: dict):
     from cluster.selection import sharded_select
     connect(args.address, num_cpus=max(args.shards, os.cpu_count() or 1), log_to_driver=False)
     try:
-        return sharded_select(x, args.n, args.strategy, seed=args.seed, shards=args.shards, **params)
+        return run(functools.partial(sharded_select, shards=args.shards))
     finally:
         ray.shutdown()
 
@@ -127,7 +139,8 @@ def select(args, storage_options=None) -> int:
         raise DataError(f"--shards {args.shards} is more than the {pool.count} images of {args.pool}: a shard "
                         "holds at least one")
     params = {k: v for k, v in (("tau0", args.tau0), ("alpha", args.alpha)) if v is not None}
-    sel = _choose(args, set_features(pool, args.features), params)
+    labels = _labels(args.pool, pool) if args.per_class else None
+    sel = _choose(args, set_features(pool, args.features), params, labels)
     keys, cols = pool.keys, sel.columns()
     why = {keys[int(i)]: {"order": int(o), "distance": _num(d), "pass": int(p), "tau": _num(t),
                           "nearest": keys[int(n)] if n >= 0 else None}
@@ -136,7 +149,7 @@ def select(args, storage_options=None) -> int:
 
     def annotate(sample):
         decision = {"strategy": args.strategy, "features": args.features, "kept": True, "from": args.pool,
-                    **why[sample.key]}
+                    **({"per_class": True} if args.per_class else {}), **why[sample.key]}
         return dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [decision])
     kept = [keys[int(i)] for i in sel.indices]
     mf.write_manifest(storage.join(args.out, "selection"), {
@@ -147,6 +160,18 @@ def select(args, storage_options=None) -> int:
     print(f"kept {len(kept)} of {pool.count} images of {args.pool} by {args.strategy} in {args.features} space; "
           f"wrote {args.out}")
     return 0
+
+
+def _labels(url: str, pool) -> list[int]:
+    """The class of every image of the pool, from its lineage, in key order."""
+    from collapse.errors import DataError
+    found = pool.labels()
+    bad = next((k for k in pool.keys if not isinstance(found[k], int) or found[k] < 0), None)
+    if bad is not None:
+        raise DataError(f"--per-class: image {bad!r} of {url} has no class label (its lineage's 'label' is "
+                        f"{found[bad]!r}); expected an int >= 0 for every image, e.g. from collapse ingest of a "
+                        "labelled source (fashion-mnist, digits, an .npz with labels, WebDataset .cls)")
+    return [found[k] for k in pool.keys]
 
 
 def _num(v) -> float | None:

@@ -175,3 +175,29 @@ def test_select_with_more_shards_than_images_is_one_line(small_set, tmp_path, ca
                             str(tmp_path / "z"), "--shards", "0")
     _one_line_error(code, err, "--shards 0")
     assert not (tmp_path / "z").exists()
+
+
+def test_select_per_class_keeps_each_class_share_of_a_labelled_set(small_set, tmp_path, capsys):
+    from collapse.classes import class_counts, class_quotas
+    from collapse.data import manifest as mf
+    pool = open_sample_set(small_set)
+    labels = [pool.labels()[k] for k in pool.keys]
+    out = tmp_path / "per-class"
+    code, _, err = _run_cli(capsys, "select", small_set, "--n", "30", "--strategy", "greedy", "--per-class",
+                            "--out", str(out))
+    assert code == 0, err
+    quotas = class_quotas(class_counts(labels, 10), 30).tolist()
+    kept = [s.meta["label"] for s in open_sample_set(str(out)).iter_samples()]
+    assert class_counts(kept, 10).tolist() == quotas and sum(quotas) == 30
+    assert mf.read_manifest(str(out / "selection"))["params"]["per_class"] == quotas
+
+
+def test_select_per_class_of_an_unlabelled_set_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save("plain.npy", np.random.default_rng(0).integers(0, 255, size=(12, 8, 8), dtype=np.uint8))
+    code, _, err = _run_cli(capsys, "ingest", "plain.npy", "--out", "plain")
+    assert code == 0, err
+    code, _, err = _run_cli(capsys, "select", "plain/train", "--n", "4", "--strategy", "greedy", "--per-class",
+                            "--out", "kept")
+    _one_line_error(code, err, "--per-class", "has no class label", "plain/train")
+    assert not (tmp_path / "kept").exists()
