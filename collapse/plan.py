@@ -17,6 +17,9 @@ P_1 and generation 1's metrics at ``<run>/shared/gen-001/``. P_1 is sampled once
 largest pool factor; strategy s reads its first k_s*N samples (sample i is seeded by its index,
 so that prefix is the pool s would have drawn alone). Each strategy's first own output is its
 generation-1 selection, ``<run>/<s>/gen-001/selection/``, which writes ``<run>/<s>/gen-002/train/``.
+In a class-conditional run a strategy whose ``guidance_scale`` differs from ``sample.guidance_scale``
+samples, featurizes and scores its own generation 1 from the shared M_1 (``<run>/<s>/gen-001/pool``,
+``pool_owner``): a pool drawn at another scale is another pool.
 The last generation G samples only ``metrics.gs_samples`` images: nothing is selected from it,
 and every generation is scored on the first ``gs_samples`` of its pool (a pool holds at least that
 many; with a small N, gs_samples > k*N keeps the scores' sampling error small).
