@@ -148,7 +148,12 @@ def _sample_batch(model, sched, method, seeds, labels, guidance_scale, eta, devi
             x = ddpm_step(eps, x, sched.alphas_cumprod[t], abar_prev, z, clip)
         else:
             z = _draw(gens, shape, device) if eta > 0 else None
-            x = sched.step(eps, t, x, eta=eta, variance_noise=z).prev_sample
+            # guided: the direction term uses the eps of the clipped x0_hat (diffusers' use_clipped_model_output).
+            # The raw guided eps extrapolates far past the model's; with x0_hat clipped and that eps kept,
+            # DDIM at s >= 3 made noise (measured 2026-12-02, tiny preset) where DDPM made garments.
+            # Unguided sampling keeps diffusers' default, so every unguided pool stays bit-identical.
+            x = sched.step(eps, t, x, eta=eta, variance_noise=z,
+                           use_clipped_model_output=guidance_scale != 1.0).prev_sample
     return tensor_to_images(x)
 
 
