@@ -344,12 +344,13 @@ class Loop:
             for index in indexes.values():
                 index.close()
         quality = self.sample_quality(st, pool, scored)
-        classes = self.class_figures(st, train, pool, hold, scored, feats, rho) if self.cfg.model.num_classes else None
+        by_class = self.class_figures(st, train, pool, hold, scored, feats, rho) if self.cfg.model.num_classes else None
         real = pd.real_share(train.keys, set(SampleSet(self.L.real("train"), self.so).keys))
         times = {s.name: self.wall(s) for s in self.plan if s.generation == st.generation
                  and s.strategy == st.strategy and s.name in ("train", "sample", "featurize")}
         metrics = {"strategy": st.strategy, "generation": st.generation, "spaces": figures,
-                   "quality": quality, "classes": classes, "real_share": real, "train_count": train.count, "pool_count": pool.count,
+                   "quality": quality, "classes": by_class, "real_share": real, "train_count": train.count,
+                   "pool_count": pool.count,
                    "scored_count": len(scored), "holdout_count": hold.count, "stage_seconds": times}
         storage.write_bytes(st.outputs["metrics"], json.dumps(metrics, indent=1).encode(), self.so)
 
