@@ -1,15 +1,19 @@
 """The training stage: DeepSpeed ZeRO through Ray Train's TorchTrainer, gloo on CPU and NCCL on GPU.
 
-Each worker streams its share of the training set's shards (WebDataset, split by rank), runs the
-epsilon-prediction loss of ``collapse.diffusion``, and every ``checkpoint_every`` steps all ranks
+Each worker holds the training set in memory (checked against its manifest's sha256 as it is read;
+N x H x W x C bytes: 100 MB for 32768 CIFAR-10 images), computes its slots of each step's global
+batch with the epsilon-prediction loss of ``collapse.diffusion``, and every ``checkpoint_every`` steps all ranks
 write a DeepSpeed checkpoint that is uploaded to ``<model>/checkpoints/step-NNNNNNNN/`` and
 committed by a manifest. A restarted worker group (Ray Train's ``FailureConfig``) or a resubmitted
 job resumes from the latest committed checkpoint. Rank 0 finally writes the model in diffusers
 format to ``<model>/`` and commits its manifest last.
 
-Determinism: the data stream restarts at every checkpoint boundary with a seed of
-``(seed, boundary step, rank)``, and each step's timesteps and noise come from a generator keyed
-by ``(seed, step, rank)``, so a resumed run takes the same steps as an uninterrupted one.
+Determinism (``collapse.diffusion.batches``): a step's images, timesteps, noise and dropped labels
+are a function of ``(seed, step, position in the global batch)``, never of the rank, so a training
+on 1 or W workers is the same experiment (to float tolerance: the gradient is averaged in another
+order), and a resumed training takes the same steps as an uninterrupted one. A checkpoint holds
+ZeRO optimizer shards of its world size: resuming it on another number of workers is refused, with
+the two ways out (see ``train_model``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+
 from collapse.data import directories, manifest as mf, storage
 from collapse.errors import DataError
 
@@ -29,7 +35,7 @@ CHECKPOINTS = "checkpoints"
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Hyperparameters of one training run (defaults: the paper's, SCIENCE.md "Reference setup")."""
+    """Hyperparameters of one training run (defaults: the paper's, docs/SCIENCE.md, "Reference setup")."""
     preset: str = "tiny"
     steps: int = 100
     batch_size: int = 128            # global batch: micro batch x world size
@@ -40,13 +46,12 @@ class TrainSpec:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     zero_stage: int = 1
-    precision: str = "fp32"          # fp32 | fp16 | bf16 (the last two on GPU only)
+    precision: str = "fp32"          # fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + loss scaling; GPU only)
     ema_decay: float = 0.0           # 0 = no EMA
     ema_warmup: bool = False         # the EMA's decay warms up (collapse.diffusion.ema)
     checkpoint_every: int = 0        # 0 = only at the end
     log_every: int = 10
     seed: int = 0
-    shuffle_buffer: int = 1000
 
     def validate(self, world_size: int) -> None:
         if self.steps < 1:
@@ -59,13 +64,45 @@ class TrainSpec:
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
 
 
+FP16_ON_CPU = ("train.precision=fp16 needs a CUDA GPU (fp16 autocast with loss scaling); "
+               "on a CPU use train.precision=bf16 or fp32")
+
+
 def deepspeed_config(spec: TrainSpec, world_size: int, on_gpu: bool) -> dict:
-    if spec.precision != "fp32" and not on_gpu:
-        raise ValueError(f"precision={spec.precision!r} needs a GPU; use fp32 on CPU")
-    return {"train_micro_batch_size_per_gpu": spec.batch_size // world_size, "gradient_accumulation_steps": 1,
-            "gradient_clipping": spec.grad_clip, "zero_optimization": {"stage": spec.zero_stage},
-            "fp16": {"enabled": spec.precision == "fp16"}, "bf16": {"enabled": spec.precision == "bf16"},
-            "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+    """DeepSpeed's config for one training. Mixed precision is DeepSpeed's ``torch_autocast``: the
+    module, the optimizer and so the master weights stay float32, the forward pass runs under
+    ``torch.autocast`` (bf16, or fp16 with DeepSpeed's GradScaler), and the EMA and the saved model
+    are the float32 weights. Not DeepSpeed's ``fp16``/``bf16`` sections: those cast the module to half
+    precision (a float32 batch then fails at the first convolution, and the weights a run saves and
+    averages would be the half-precision copies). Gradients are reduced in float32
+    (``lower_precision_safe_modules: []``), so W workers average what 1 worker computes."""
+    if spec.precision == "fp16" and not on_gpu:
+        raise ValueError(FP16_ON_CPU)
+    config = {"train_micro_batch_size_per_gpu": spec.batch_size // world_size, "gradient_accumulation_steps": 1,
+              "gradient_clipping": spec.grad_clip, "zero_optimization": {"stage": spec.zero_stage},
+              "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
+    if spec.precision != "fp32":
+        config["torch_autocast"] = {"enabled": True, "lower_precision_safe_modules": [],
+                                    "dtype": {"bf16": "bfloat16", "fp16": "float16"}[spec.precision]}
+    return config
+
+
+def _grad_scaler(engine):
+    """DeepSpeed's GradScaler of an fp16 autocast training (ZeRO's or stage 0's); None otherwise."""
+    return getattr(engine.optimizer, "torch_autocast_gradscaler", None) or \
+        getattr(engine, "torch_autocast_z0_gradscaler", None)
+
+
+def _grad_scaler_state(engine):
+    """The loss scale goes into the checkpoint: a resumed fp16 training scales as the uninterrupted one."""
+    scaler = _grad_scaler(engine)
+    return None if scaler is None else scaler.state_dict()
+
+
+def _load_grad_scaler(engine, state) -> None:
+    scaler = _grad_scaler(engine)
+    if scaler is not None and state:
+        scaler.load_state_dict(state)
 
 
 def latest_checkpoint(model_url: str, storage_options=None) -> dict | None:
@@ -97,10 +134,11 @@ def train_loop_per_worker(config: dict) -> None:
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     from collapse import diffusion
-    from collapse.data.stream import stream_samples
-    from collapse.seeding import stage_seed, torch_generator
+    from collapse.data.samples import SampleSet
+    from collapse.diffusion.batches import global_batch, rank_slots, step_draws
+    from collapse.seeding import stage_seed
 
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (PLATFORM.md)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (docs/PLATFORM.md)
     _quiet_reports()
     spec = TrainSpec(**config["spec"])
     so, model_url = config.get("storage_options"), config["model_url"]
@@ -134,53 +172,50 @@ def train_loop_per_worker(config: dict) -> None:
             step = int(client["step"])
             if ema is not None:
                 ema.load_state_dict(client["ema"])
+            _load_grad_scaler(engine, client.get("grad_scaler"))
         resumed_from = step
 
-        # -- train: one data stream per checkpoint interval, seeded by its first step
-        interval = spec.checkpoint_every or spec.steps
-        micro = spec.batch_size // world
-        base_seed = stage_seed(spec.seed, 0, "train")
+        # -- train: step s computes the slots rank_slots(B, rank, W) of the global batch
+        #    global_batch(seed, s, B, N), with timesteps and noise drawn for the whole batch (batches.py)
+        keys, images, metas = SampleSet(config["train_url"], so).load()
+        labels = batch_labels(metas, cond["num_classes"], config["train_url"]) if cond else None
+        slots, base_seed = rank_slots(spec.batch_size, rank, world), stage_seed(spec.seed, 0, "train")
+        image_shape = tuple(diffusion.images_to_tensor(images[:1]).shape[1:])
         t0, seen, losses, curve = time.perf_counter(), 0, [], []
         t_end = None
         warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
         while step < spec.steps:
-            stream = iter(stream_samples(config["train_url"], rank=rank, world_size=world, seed=base_seed,
-                                         epoch=step, resampled=True, shuffle_buffer=spec.shuffle_buffer,
-                                         storage_options=so))
-            stop = min(spec.steps, (step // interval + 1) * interval)
-            while step < stop:
-                batch = [next(stream) for _ in range(micro)]
-                x0 = diffusion.images_to_tensor([im for im, _ in batch]).to(device)
-                gen = torch_generator(int(base_seed + 1_000_003 * step + rank) % 2 ** 63)
-                t, noise = diffusion.draw_timesteps_and_noise(scheduler, x0.shape, gen)
-                labels = None
-                if cond:  # the batch's labels, each dropped to the null class with p_uncond (same generator)
-                    labels = diffusion.drop_class_labels(
-                        torch.tensor(batch_labels(batch, cond["num_classes"], config["train_url"])),
-                        cond["p_uncond"], cond["num_classes"], gen).to(device)
-                loss = diffusion.diffusion_loss(engine, x0, t.to(device), noise.to(device), scheduler, labels)
-                engine.backward(loss)
-                engine.step()
-                if ema is not None:
-                    ema.update(engine.module)
-                step += 1
-                seen += micro
-                if step == warm_at:
-                    t_warm = time.perf_counter()
-                if step == spec.steps:
-                    t_end = time.perf_counter()
-                _maybe_fail(step, config.get("fail_at_step"), model_url, so)
-                losses.append(loss.detach())
-                if step % spec.log_every == 0 or step == spec.steps:
-                    mean = torch.stack(losses).mean()
-                    dist.all_reduce(mean)
-                    curve.append((step, float(mean) / world))
-                    ray.train.report({"step": step, "loss": curve[-1][1], "lr": lr_sched.get_last_lr()[0],
-                                      "samples_per_s": seen * world / (time.perf_counter() - t0),
-                                      "resumed_from": resumed_from})
-                    losses = []
-            _save_checkpoint(engine, step, {"step": step, "ema": ema.state_dict() if ema else None},
-                             model_url, work, rank, so, config["spec_hash"])
+            rows = global_batch(base_seed, step, spec.batch_size, len(keys))
+            t, noise, y = step_draws(scheduler, base_seed, step, image_shape, spec.batch_size,
+                                     None if labels is None else labels[rows], cond.get("p_uncond", 0.0),
+                                     cond.get("num_classes"))
+            x0 = diffusion.images_to_tensor(images[rows[slots]]).to(device)
+            loss = diffusion.diffusion_loss(engine, x0, t[slots].to(device), noise[slots].to(device), scheduler,
+                                            None if y is None else y[slots].to(device))
+            engine.backward(loss)
+            engine.step()
+            if ema is not None:
+                ema.update(engine.module)
+            step += 1
+            seen += x0.shape[0]
+            if step == warm_at:
+                t_warm = time.perf_counter()
+            if step == spec.steps:
+                t_end = time.perf_counter()
+            _maybe_fail(step, config.get("fail_at_step"), model_url, so)
+            losses.append(loss.detach().float())
+            if step % spec.log_every == 0 or step == spec.steps:
+                mean = torch.stack(losses).mean()
+                dist.all_reduce(mean)
+                curve.append((step, float(mean) / world))
+                ray.train.report({"step": step, "loss": curve[-1][1], "lr": lr_sched.get_last_lr()[0],
+                                  "samples_per_s": seen * world / (time.perf_counter() - t0),
+                                  "resumed_from": resumed_from})
+                losses = []
+            if step == spec.steps or (spec.checkpoint_every and step % spec.checkpoint_every == 0):
+                _save_checkpoint(engine, step, {"step": step, "ema": ema.state_dict() if ema else None,
+                                                "grad_scaler": _grad_scaler_state(engine)},
+                                 model_url, work, rank, so, config["spec_hash"])
 
         # -- the final model, in diffusers format, committed last
         timeline["steps_done"] = time.time()
@@ -198,11 +233,12 @@ def train_loop_per_worker(config: dict) -> None:
         dist.barrier()
 
 
-def batch_labels(batch, num_classes: int, train_url: str) -> list[int]:
-    """The class ids of a batch of (image, lineage) samples; a DataError naming the set when one has none."""
+def batch_labels(metas, num_classes: int, train_url: str):
+    """The class ids (N,) int64 of samples given by their lineage; a DataError naming the set when one has none."""
     from collapse.classes import check_labels
     try:
-        return check_labels([m.get("label") for _, m in batch], num_classes, f"training set {train_url}").tolist()
+        return np.asarray(check_labels([m.get("label") for m in metas], num_classes, f"training set {train_url}"),
+                          dtype=np.int64)
     except ValueError as e:
         raise DataError(f"{e} (model.num_classes={num_classes}: the run is class-conditional)") from None
 
@@ -246,7 +282,8 @@ def _save_checkpoint(engine, step, client_state, model_url, work, rank, so, spec
         url = storage.join(model_url, CHECKPOINTS, tag)
         directories.commit_directory(url, [r for rs in gathered for r in rs], {"tag": tag, "step": step}, so)
         mf.write_manifest(storage.join(model_url, CHECKPOINTS),
-                          {"kind": "checkpoints", "extra": {"tag": tag, "step": step, "spec_hash": spec_hash}}, so)
+                          {"kind": "checkpoints", "extra": {"tag": tag, "step": step, "spec_hash": spec_hash,
+                                                             "world_size": dist.get_world_size()}}, so)
     dist.barrier()
 
 
@@ -263,18 +300,31 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from collapse.diffusion.batches import BATCH_ORDER
     spec.validate(num_workers)
+    if spec.precision == "fp16" and not use_gpu:
+        raise ValueError(FP16_ON_CPU)
     spec_hash = mf.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url,
-                                "conditional": conditional or False})  # False: the hash of unconditional models
+                                "conditional": conditional or False,  # False: the hash of unconditional models
+                                "batch_order": BATCH_ORDER})
     done = mf.try_read_manifest(model_url, storage_options)
     if done is not None and done.get("extra", {}).get("spec_hash") == spec_hash:
         progress(f"train: {model_url} is already trained ({done['extra']['steps']} steps); skipping")
         return done
     if done is not None:
-        raise DataError(f"{model_url!r} holds a model trained with other settings; choose another URL")
+        raise DataError(f"{model_url!r} holds a model trained with other settings (or by a collapse older than the "
+                        f"batch order {BATCH_ORDER}, whose batches depended on the worker count); choose another "
+                        "URL, or another run directory for a run")
     latest = latest_checkpoint(model_url, storage_options)
     if latest is not None and latest["extra"].get("spec_hash") != spec_hash:
         raise DataError(f"{model_url!r} holds checkpoints of a training with other settings; choose another URL")
+    if latest is not None and latest["extra"].get("world_size", num_workers) != num_workers:
+        w, at = latest["extra"]["world_size"], latest["extra"]["step"]
+        raise DataError(f"{model_url}: the training stopped at step {at} of {spec.steps} with a checkpoint of {w} "
+                        f"worker(s) (DeepSpeed ZeRO optimizer shards per worker), and this one has {num_workers}: "
+                        f"resume it with resources.train_workers={w}, or delete {storage.join(model_url, CHECKPOINTS)} "
+                        f"to train it again from step 0 on {num_workers} (the same experiment: batches do not "
+                        f"depend on the worker count)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": dataclasses.asdict(spec), "spec_hash": spec_hash, "train_url": train_url,

@@ -1,7 +1,7 @@
 """The plan of a run: every stage in order, with its URLs, sizes, resources and resume hash.
 
 ``plan(cfg)`` is pure: it reads no storage and starts nothing; ``format_plan`` prints it for
-``--dry-run``. Stages (ARCHITECTURE.md, "One generation, for one strategy"):
+``--dry-run``. Stages (docs/ARCHITECTURE.md, "One generation, for one strategy"):
 
     ingest          generation 0: data.source -> <run>/real/train (N, or more under fresh) and real/holdout
     classifier      generation 0: the sample-quality classifier on labelled real training images, and
@@ -216,6 +216,7 @@ class _Builder:
         # scored: the pool's first gs_samples; candidates: its first k*N (gs_samples may exceed k*N)
         count = c.metrics.gs_samples if n == self.G else max(c.metrics.gs_samples, *(
             pd.pool_size(self.N, x.pool_factor) for x in strategies), 1)
+        from collapse.diffusion.batches import BATCH_ORDER  # torch: imported when a plan is built
         if n == 1 and s is not None:
             t = f"{SHARED}/gen-001/train"
         else:
@@ -223,7 +224,7 @@ class _Builder:
                          {"train_set": size, "steps": c.train.steps}, self.res("train"),
                          {"spec": {**dataclasses.asdict(c.train), "preset": c.model.preset,  # cluster.train.TrainSpec
                                    "seed": stage_seed(c.run.seed, n, "train")}, "num_classes": c.model.num_classes,
-                          **_conditional(c)})
+                          "batch_order": BATCH_ORDER, **_conditional(c)})
         if s is None and not strategies:
             return  # every strategy samples generation 1 at a guidance scale of its own
         model = L.model(SHARED if n == 1 else o, n)
