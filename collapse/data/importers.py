@@ -4,9 +4,18 @@ Sources (``collapse ingest SOURCE --out URL``):
 
     fashion-mnist       Debian package dataset-fashion-mnist (IDX .gz files); holdout from its test split
     digits              scikit-learn's 1797 real 8x8 digits (0..16 scaled to 0..255)
-    folder:PATH         every .png/.jpg/.jpeg/.bmp/.webp file under PATH, sorted by path
+    folder:PATH         every .png/.jpg/.jpeg/.bmp/.webp file under PATH, sorted by path; when PATH holds
+                        class subfolders instead (torchvision's ImageFolder: ant/, cat/...), the images found
+                        recursively in each, labelled by the folder's place among the sorted class names
     npy:PATH            a .npy (N, H, W[, C]) uint8 array, or a .npz with 'images' (or 'x') and 'labels' (or 'y')
     wds:URL             existing WebDataset shards (brace patterns allowed) with .png/.jpg and .cls/.json members
+    cifar10:PATH        the CIFAR-10 python version (cifar-10-python.tar.gz or its extracted cifar-10-batches-py
+                        folder): 50000 training images with labels; holdout from its test_batch
+    parquet:PATH        Hugging Face datasets' Parquet export (a file, a directory of .parquet files, or a glob):
+                        an 'image' (or 'img') Image-feature column and an optional 'label' (or 'labels') column
+
+Sources that name their classes (class folders, CIFAR-10's batches.meta, a Parquet ClassLabel) put the
+name beside the label in each sample's lineage (``class_name``).
 
 Options: resize to ``size`` x ``size`` (Lanczos), convert to ``grey`` or ``rgb``, take a seeded subset
 of ``n`` training images, and split off ``holdout`` images (disjoint from the training subset).
@@ -20,7 +29,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,6 +36,7 @@ from PIL import Image
 from collapse.data import storage
 from collapse.data.manifest import config_hash, try_read_manifest
 from collapse.data.samples import Sample, write_sample_set
+from collapse.data.sources import Source, cifar10, image_array, parquet
 from collapse.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -35,19 +44,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 #: Sources whose size is known without reading them: name -> (training images, test-split images
 #: or None when the held-out images are split off the training images). Lets --dry-run refuse N too large.
 KNOWN_SIZES = {"fashion-mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "fmnist": (60000, 10000),
-               "digits": (1797, None)}
+               "digits": (1797, None), "cifar10": (50000, 10000)}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-@dataclass
-class Source:
-    """A random-access real image source: ``load(i) -> uint8 image`` for i < count, labels when known."""
-    name: str
-    count: int
-    load: Callable[[int], np.ndarray]
-    labels: Sequence | None
-    origin: Callable[[int], str]
-    locate: Callable[[int], tuple] | None = None  # wds: where sample i lives, for a task that reads it alone
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -91,21 +89,43 @@ def digits() -> Source:
     return _array_source("digits", images, [int(v) for v in d.target], "digits")
 
 
+def _class_folders(path: str) -> tuple[list[str], dict[str, list[str]]]:
+    """``(loose image files at the top of path, {class: its image files})``, the classes being the
+    subfolders that hold images (recursively), in torchvision ImageFolder's order."""
+    loose, classes = [], {}
+    for entry in sorted(os.listdir(path)):
+        full = os.path.join(path, entry)
+        if os.path.isdir(full):
+            files = [os.path.join(d, f) for d, _, fs in sorted(os.walk(full, followlinks=True))
+                     for f in sorted(fs) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if files:
+                classes[entry] = files
+        elif entry.lower().endswith(IMAGE_EXTENSIONS):
+            loose.append(full)
+    return loose, classes
+
+
 def folder(path: str) -> Source:
     if not os.path.isdir(path):
         raise DataError(f"folder {path!r} does not exist or is not a directory")
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    loose, classes = _class_folders(path)
+    if loose and classes:
+        raise DataError(f"folder {path!r} holds both images at its top level ({os.path.basename(loose[0])!r}, ...) "
+                        f"and class subfolders ({', '.join(list(classes)[:5])}): expected either images only "
+                        "(no labels) or every image in a class subfolder (labels by folder name)")
+    files = loose or [f for c in classes for f in classes[c]]
     if not files:
         raise DataError(f"folder {path!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    names = list(classes) or None
+    labels = [k for k, c in enumerate(classes) for _ in classes[c]] if names else None
 
     def load(i):
         try:
             with Image.open(files[i]) as im:
-                return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im).copy()
+                return image_array(im)
         except Exception as e:
             raise DataError(f"{files[i]}: not a readable image ({e})") from e
-    return Source("folder", len(files), load, None, lambda i: os.path.relpath(files[i], path))
+    return Source("folder", len(files), load, labels, lambda i: os.path.relpath(files[i], path), class_names=names)
 
 
 def numpy_file(path: str) -> Source:
@@ -214,7 +234,12 @@ def open_source(spec: str, storage_options: dict | None = None) -> tuple[Source,
         return numpy_file(arg), None
     if kind == "wds" and arg:
         return webdataset_urls(arg, storage_options), None
-    raise DataError(f"unknown source {spec!r}: expected fashion-mnist, digits, folder:PATH, npy:PATH or wds:URL")
+    if kind == "cifar10" and arg:
+        return cifar10(arg)
+    if kind == "parquet" and arg:
+        return parquet(arg), None
+    raise DataError(f"unknown source {spec!r}: expected fashion-mnist, digits, folder:PATH, npy:PATH, wds:URL, "
+                    "cifar10:PATH or parquet:PATH")
 
 
 def transform(image: np.ndarray, size: int | None, mode: str | None, where: str) -> np.ndarray:
@@ -342,6 +367,8 @@ def ingest_samples(spec: str, job: IngestJob, idx, *, size: int | None, mode: st
         meta = {"source": "real", "dataset": src.name, "origin": src.origin(int(i))}
         if src.labels is not None:
             meta["label"] = src.labels[int(i)]
+            if src.class_names is not None and 0 <= meta["label"] < len(src.class_names):
+                meta["class_name"] = src.class_names[meta["label"]]
         if progress is not None and (j + 1) % 5000 == 0:
             progress(f"ingest {job.split}: {j + 1}/{len(idx)}")
         yield Sample(_key(src.name, job.split_name, int(i)), img, meta)

@@ -1,4 +1,4 @@
-"""The one place that builds the URLs of a run (shared/design/ARCHITECTURE.md, "Run layout").
+"""The one place that builds the URLs of a run (docs/ARCHITECTURE.md, "Run layout").
 
 ``<run>`` is any fsspec URL (``file://``, ``s3://`` on any endpoint, ``gs://``, ``memory://``, or a
 bare local path). Every stage asks this module where to read and write; nothing else formats paths.
@@ -50,7 +50,7 @@ def absolute_url(url: str, cwd: str | None = None) -> str:
 def absolute_source(spec: str, cwd: str | None = None) -> str:
     """A source spec (``collapse.data.importers``) with its local path made absolute.
 
-    ``folder:PATH``, ``npy:PATH`` and ``wds:PATH`` get an absolute PATH. A bare path that exists
+    ``folder:PATH``, ``npy:PATH``, ``wds:PATH``, ``cifar10:PATH`` and ``parquet:PATH`` get an absolute PATH. A bare path that exists
     and whose kind is unambiguous gets its prefix: a ``.npy``/``.npz`` file is ``npy:``, a directory
     is ``folder:``, unless it holds a ``manifest.json`` (a sample set: left as an absolute path).
     Named sources (``fashion-mnist``, ``digits``) and remote URLs are returned unchanged.
@@ -58,7 +58,7 @@ def absolute_source(spec: str, cwd: str | None = None) -> str:
     if not isinstance(spec, str) or not spec:
         return spec
     kind, sep, arg = spec.partition(":")
-    if sep and kind in ("folder", "npy", "wds") and arg and "://" not in arg:
+    if sep and kind in ("folder", "npy", "wds", "cifar10", "parquet") and arg and "://" not in arg:
         return f"{kind}:{absolute_url(arg, cwd)}"
     if spec in ("fashion-mnist", "fashion_mnist", "fmnist", "digits"):
         return spec

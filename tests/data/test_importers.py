@@ -1,5 +1,6 @@
-"""Importers and `collapse ingest`: shipped real data, user folders and arrays, bad input."""
+"""Importers and `collapse ingest`: shipped real data, user folders and arrays, CIFAR-10, Parquet, bad input."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,228 @@ def test_a_webdataset_source_is_read_one_shard_at_a_time(tmp_path, monkeypatch):
     ingest(f"wds:{tmp_path}/part-{{0..2}}.tar", str(tmp_path / "w"), n=8, holdout=4, **QUIET)
     train = open_sample_set(str(tmp_path / "w/train"))
     assert train.count == 8 and len(set(train.keys) & set(open_sample_set(str(tmp_path / "w/holdout")).keys)) == 0
+
+
+# --- CIFAR-10 (python version), class folders, Hugging Face Parquet --------------------------------
+
+CIFAR_ROWS = {f"data_batch_{k}": 3 for k in range(1, 6)} | {"test_batch": 4}
+
+
+def _cifar_batch(name, rows, seed):
+    """A batch in the format of the official archive: bytes keys, (n, 3072) uint8 rows of R, G, B planes."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (rows, 3072), dtype=np.uint8)
+    if name == "data_batch_2":  # row 1: red 255, green 0, blue counting along the row-major 32x32 plane
+        data[1, :1024], data[1, 1024:2048], data[1, 2048:] = 255, 0, np.arange(1024) % 256
+    return {b"batch_label": f"{name} of 5".encode(), b"labels": [int(v) for v in rng.integers(0, 10, rows)],
+            b"data": data, b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(rows)]}
+
+
+def _write_cifar(root, batches=None):
+    """``root/cifar-10-batches-py/`` with every batch (``batches`` overrides some) and batches.meta."""
+    import pickle
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"class{k}".encode() for k in range(10)]
+    contents = {n: _cifar_batch(n, rows, s) for s, (n, rows) in enumerate(CIFAR_ROWS.items())}
+    contents |= (batches or {})
+    contents["batches.meta"] = {b"num_cases_per_batch": 3, b"label_names": names, b"num_vis": 3072}
+    for name, obj in contents.items():
+        if obj is not None:
+            with open(folder / name, "wb") as f:
+                pickle.dump(obj, f, protocol=2)
+    return folder, contents
+
+
+def _tar_gz(folder, path):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return path
+
+
+def _cifar_pixels(batch, row):
+    return batch[b"data"][row].reshape(3, 32, 32).transpose(1, 2, 0)
+
+
+def test_cifar10_archive_and_cli(tmp_path):
+    folder, contents = _write_cifar(tmp_path / "x")
+    archive = _tar_gz(folder, tmp_path / "cifar-10-python.tar.gz")
+    ingest(f"cifar10:{archive}", str(tmp_path / "c"), holdout=3, **QUIET)
+    train, hold = open_sample_set(str(tmp_path / "c/train")), open_sample_set(str(tmp_path / "c/holdout"))
+    assert (train.count, hold.count, train.shape) == (15, 3, (32, 32, 3))   # 5 batches of 3 rows, not 10000
+    for s in (train, hold):
+        keys, images, metas = s.load()
+        for key, image, meta in zip(keys, images, metas):
+            batch, row = meta["origin"].split(":")
+            assert np.array_equal(image, _cifar_pixels(contents[batch], int(row)))
+            assert meta["label"] == contents[batch][b"labels"][int(row)]
+            assert meta["class_name"] == f"class{meta['label']}" and meta["dataset"] == "cifar10"
+    assert all(m["origin"].startswith("test_batch:") for m in hold.load()[2])
+    assert all(k.startswith("cifar10-test-") for k in hold.keys) and not set(train.keys) & set(hold.keys)
+    keys, images, metas = train.load()
+    red = images[[m["origin"] for m in metas].index("data_batch_2:1")]
+    assert (red[..., 0] == 255).all() and (red[..., 1] == 0).all()                 # R, G, B planes in order
+    assert red[0, 5, 2] == 5 and red[1, 0, 2] == 32 and red[7, 3, 2] == (7 * 32 + 3) % 256  # row-major
+    assert dict(zip(keys, [m["origin"] for m in metas]))["cifar10-train-000004"] == "data_batch_2:1"
+
+    out = str(tmp_path / "cli")
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "ingest", f"cifar10:{archive}", "--out", out,
+                        "--n", "10", "--holdout", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 10 images (32, 32, 3)" in r.stdout and "wrote 4 images (32, 32, 3)" in r.stdout
+    assert sorted(open_sample_set(f"{out}/holdout").labels().values()) == sorted(contents["test_batch"][b"labels"])
+
+
+def test_cifar10_extracted_folder(tmp_path):
+    from collapse.data.importers import open_source
+    import pickle
+    folder, contents = _write_cifar(tmp_path / "x")
+    raw = pickle.dumps(contents["data_batch_1"], protocol=2)   # as numpy 1.x wrote it (the official archive)
+    assert b"numpy._core.multiarray\n_reconstruct" in raw
+    (folder / "data_batch_1").write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    ingest(f"cifar10:{tmp_path / 'x'}", str(tmp_path / "a"), holdout=2, **QUIET)   # the folder holding it
+    ingest(f"cifar10:{folder}", str(tmp_path / "b"), holdout=2, **QUIET)           # cifar-10-batches-py itself
+    a, b = open_sample_set(str(tmp_path / "a/train")).load(), open_sample_set(str(tmp_path / "b/train")).load()
+    assert a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    train, test = open_source(f"cifar10:{folder}")
+    assert (train.count, test.count) == (15, 4) and train.origin(14) == "data_batch_5:2"
+    assert train.labels == [v for k in range(1, 6) for v in contents[f"data_batch_{k}"][b"labels"]]
+    assert np.array_equal(test.load(3), _cifar_pixels(contents["test_batch"], 3))
+    assert np.array_equal(train.load(2), _cifar_pixels(contents["data_batch_1"], 2))
+
+
+@pytest.mark.parametrize("batches, message", [
+    ({"data_batch_3": None}, r"has no data_batch_3: expected the CIFAR-10 python version"),
+    ({"test_batch": None}, r"has no test_batch"),
+    ({"data_batch_2": {b"data": np.zeros((3, 3072), np.uint8)}}, r"data_batch_2: a CIFAR-10 batch needs b'data' "
+     r"and b'labels'.*missing labels"),
+    ({"data_batch_1": {b"data": np.zeros((3, 3000), np.uint8), b"labels": [0, 1, 2]}},
+     r"data_batch_1: b'data' must be a uint8 array \(n, 3072\).*\(3, 3000\)"),
+    ({"data_batch_4": {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}},
+     r"data_batch_4: 3 images in b'data' but 2 labels"),
+    ({"test_batch": [1, 2, 3]}, r"test_batch: expected a CIFAR-10 batch \(a dict"),
+])
+def test_cifar10_bad_batches(tmp_path, batches, message):
+    folder, _ = _write_cifar(tmp_path / "x", batches)
+    with pytest.raises(DataError, match=message):
+        ingest(f"cifar10:{folder}", str(tmp_path / "o"), **QUIET)
+    with pytest.raises(DataError, match=message):
+        ingest(f"cifar10:{_tar_gz(folder, tmp_path / 'c.tar.gz')}", str(tmp_path / "o"), **QUIET)
+
+
+def test_cifar10_corrupt_archive_and_hostile_pickle_are_refused(tmp_path):
+    folder, _ = _write_cifar(tmp_path / "x")
+    archive = _tar_gz(folder, tmp_path / "cifar-10-python.tar.gz")
+    (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
+    with pytest.raises(DataError, match=r"cut.tar.gz.*not a readable archive.*expected the CIFAR-10 python"):
+        ingest(f"cifar10:{tmp_path / 'cut.tar.gz'}", str(tmp_path / "o"), **QUIET)
+    with pytest.raises(DataError, match=r"nope.tar.gz' not found: expected the CIFAR-10 python version"):
+        ingest(f"cifar10:{tmp_path / 'nope.tar.gz'}", str(tmp_path / "o"), **QUIET)
+    marker = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+    hostile, _ = _write_cifar(tmp_path / "h", {"data_batch_5": {b"data": Hostile(), b"labels": [0]}})
+    for spec in (f"cifar10:{hostile}", f"cifar10:{_tar_gz(hostile, tmp_path / 'h.tar.gz')}"):
+        with pytest.raises(DataError, match=r"data_batch_5: refused pickle: it asks for posix.system"):
+            ingest(spec, str(tmp_path / "o"), **QUIET)
+    assert not marker.exists()
+
+
+def _png(path, value, shape=(5, 5)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def test_class_folders_are_labels(tmp_path):
+    root = tmp_path / "tree"
+    for name, value in (("cat/c0.png", 10), ("cat/c1.png", 11), ("dog/d0.png", 20), ("dog/puppies/p0.png", 21),
+                        ("ant/a0.png", 30)):
+        _png(root / name, value)
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not a class: it holds no image")
+    ingest(f"folder:{root}", str(tmp_path / "o"), **QUIET)
+    keys, images, metas = open_sample_set(str(tmp_path / "o/train")).load()
+    got = {m["origin"]: (m["label"], m["class_name"], int(im[0, 0])) for im, m in zip(images, metas)}
+    assert got == {"ant/a0.png": (0, "ant", 30), "cat/c0.png": (1, "cat", 10), "cat/c1.png": (1, "cat", 11),
+                   "dog/d0.png": (2, "dog", 20), "dog/puppies/p0.png": (2, "dog", 21)}
+    assert keys == [f"folder-train-{i:06d}" for i in range(5)] and metas[0]["origin"] == "ant/a0.png"
+
+    flat = tmp_path / "flat"
+    _png(flat / "x.png", 1)
+    (flat / "empty-subfolder").mkdir()
+    ingest(f"folder:{flat}", str(tmp_path / "f"), **QUIET)
+    assert "label" not in open_sample_set(str(tmp_path / "f/train")).load()[2][0]   # today's behaviour
+    _png(root / "loose.png", 5)
+    with pytest.raises(DataError, match=r"tree' holds both images at its top level \('loose.png'.*ant, cat, dog"):
+        ingest(f"folder:{root}", str(tmp_path / "m"), **QUIET)
+
+
+def _hf_parquet(path, values, labels, image_col="image", label_col="label", row_group_size=2):
+    """A Parquet file as Hugging Face datasets exports an Image + ClassLabel dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cells = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            cells.append({"bytes": v, "path": f"{i}.png"})
+            continue
+        buf = io.BytesIO()
+        Image.fromarray(np.full((4, 4, 3), v, np.uint8)).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": f"{i}.png"})
+    columns = {image_col: pa.array(cells, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))}
+    features = {image_col: {"_type": "Image"}}
+    if label_col:
+        columns[label_col] = pa.array(labels, pa.int64())
+        features[label_col] = {"names": ["zero", "one", "two"], "_type": "ClassLabel"}
+    table = pa.table(columns)
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_hugging_face_parquet(tmp_path):
+    from collapse.data.importers import open_source
+    d = tmp_path / "data"
+    d.mkdir()
+    _hf_parquet(d / "train-00000-of-00002.parquet", [0, 10, 20, 30, 40], [0, 1, 2, 0, 1])
+    _hf_parquet(d / "train-00001-of-00002.parquet", [50, 60], [2, 2])
+    for k, spec in enumerate((f"parquet:{d}", f"parquet:{d}/train-*.parquet")):   # row groups of 2 rows
+        ingest(spec, str(tmp_path / f"o{k}"), holdout=2, **QUIET)
+        train, hold = (open_sample_set(str(tmp_path / f"o{k}" / s)) for s in ("train", "holdout"))
+        assert (train.count, hold.count, train.shape) == (5, 2, (4, 4, 3))
+        metas = {m["origin"]: (m["label"], m["class_name"], int(im[0, 0, 0]))
+                 for s in (train, hold) for im, m in zip(s.load()[1], s.load()[2])}
+        first, second = "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"
+        assert metas == {f"{first}:0": (0, "zero", 0), f"{first}:1": (1, "one", 10), f"{first}:2": (2, "two", 20),
+                         f"{first}:3": (0, "zero", 30), f"{first}:4": (1, "one", 40),
+                         f"{second}:0": (2, "two", 50), f"{second}:1": (2, "two", 60)}
+
+    _hf_parquet(tmp_path / "odd.parquet", [1, b"not an image", 3], None, image_col="img", label_col=None)
+    src, test = open_source(f"parquet:{tmp_path / 'odd.parquet'}")   # no image decoded yet
+    assert (src.count, src.labels, test) == (3, None, None) and src.load(2)[0, 0, 0] == 3
+    with pytest.raises(DataError, match=r"odd.parquet row 1: column 'img' holds bytes that are not a readable image"):
+        src.load(1)
+
+
+def test_parquet_bad_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"pixels": pa.array([b"x"]), "label": pa.array([1])}), tmp_path / "cols.parquet")
+    with pytest.raises(DataError, match=r"cols.parquet: no 'image' \(or 'img'\) column, it has \['pixels', 'label'\]"):
+        ingest(f"parquet:{tmp_path / 'cols.parquet'}", str(tmp_path / "o"), **QUIET)
+    pq.write_table(pa.table({"image": pa.array([1, 2])}), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints.parquet: column 'image' is int64, expected the Image feature"):
+        ingest(f"parquet:{tmp_path / 'ints.parquet'}", str(tmp_path / "o"), **QUIET)
+    _hf_parquet(tmp_path / "floats.parquet", [1], None, label_col=None)
+    pq.write_table(pq.read_table(tmp_path / "floats.parquet").append_column("label", pa.array([0.5])),
+                   tmp_path / "floats.parquet")
+    with pytest.raises(DataError, match=r"label column 'label' is double, expected integers"):
+        ingest(f"parquet:{tmp_path / 'floats.parquet'}", str(tmp_path / "o"), **QUIET)
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=r"junk.parquet: not a readable Parquet file"):
+        ingest(f"parquet:{tmp_path / 'junk.parquet'}", str(tmp_path / "o"), **QUIET)
+    with pytest.raises(DataError, match=r"parquet: no file matches"):
+        ingest(f"parquet:{tmp_path}/none-*.parquet", str(tmp_path / "o"), **QUIET)
+    with pytest.raises(DataError, match=r"parquet '.*missing.parquet' not found"):
+        ingest(f"parquet:{tmp_path}/missing.parquet", str(tmp_path / "o"), **QUIET)
