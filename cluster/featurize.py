@@ -16,7 +16,9 @@ from collapse.data.samples import SampleSet
 
 
 # Extractors without a model (a reshape) or with a small one (the run's classifier, thousands of
-# images per second on one core): cheaper in the driver than an actor pool's start-up.
+# images per second on one core): cheaper in the driver than an actor pool's start-up. So is any
+# extractor on a set of one shard when the actors would have no GPU: a pool of one task on CPUs
+# costs its start-up (a process, its imports, a Ray Data execution: ~10-20 s here) for nothing.
 IN_DRIVER = ("pixel", "classifier")
 
 
@@ -55,13 +57,14 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
               progress=print) -> np.ndarray:
     """Features (N, d) of the set at ``set_url`` in its key order, computed once and stored beside it
     (shard by shard: no process holds more than a shard's rows until the caller loads them).
-    ``options``: the extractor's (collapse.features), e.g. the classifier's ``url``."""
+    ``options``: the extractor's (collapse.features), e.g. the classifier's ``url``, dinov2's
+    ``model_id``, inception's ``weights_path``; every actor builds its extractor with them."""
     sample_set = SampleSet(set_url, storage_options)
     identity = extractor_identity(options, storage_options)
     if has_features(sample_set, extractor, identity):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
-    if extractor in IN_DRIVER:
+    if extractor in IN_DRIVER or (len(sample_set.shards) == 1 and not gpus_per_actor):
         import torch
         f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads(), options=options)
         records = [f.save(j) for j in range(len(sample_set.shards))]
@@ -75,11 +78,15 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
 def extractor_identity(options: dict | None, storage_options: dict | None = None) -> str:
     """What stored features depend on besides the set: the extractor's options and, for one whose
     weights live in a committed directory (the run's classifier, option ``url``), that directory's
-    manifest (every file's sha256). A retrained classifier so never reuses the old one's features."""
+    manifest (every file's sha256). A retrained classifier so never reuses the old one's features.
+    Left out: credentials, and where standard weights are (``LOCATION_OPTIONS``: the dinov2
+    directory, the inception file), which say where, not what: moving them reuses the features."""
     import hashlib
 
     from collapse.data import manifest as mf
-    options = {k: v for k, v in (options or {}).items() if k != "storage_options"}  # credentials: not hashed
+    from collapse.features import LOCATION_OPTIONS
+    left_out = ("storage_options",) + LOCATION_OPTIONS
+    options = {k: v for k, v in (options or {}).items() if k not in left_out}
     if not options:
         return ""
     parts = {"options": options}

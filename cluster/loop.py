@@ -45,6 +45,7 @@ from collapse.data.importers import ingest, labelled_training_images
 from collapse.data.samples import SampleSet, annotated, write_subset
 from collapse.data.urls import RunLayout
 from collapse.classes import check_labels, select_per_class
+from collapse.config_checks import check_run_extractors, run_extractor_options
 from collapse.errors import ConfigError, DamagedError, DataError, find_damage
 from collapse.metrics import generation_metrics
 from collapse.novelty import nearest_training_distance, real_copy_radius
@@ -69,6 +70,8 @@ class Loop:
         todo = [s for s in self.plan if not self.done(s)]
         if not todo:
             self.say(f"run {self.L.root} is already complete ({len(self.plan)} stages); nothing to do")
+        else:
+            check_run_extractors(self.cfg)   # every extractor's weights are here, before any stage
         if todo and self.cfg.resources.max_parallel_stages != 1:
             self.run_side_by_side(todo)
         else:
@@ -459,9 +462,12 @@ class Loop:
         return guidance_scale(self.cfg, None if st.strategy == SHARED else self.cfg.strategy(st.strategy))
 
     def featurize(self, set_url: str, extractor: str, r: dict) -> np.ndarray:
-        options = {"url": self.L.classifier, "storage_options": self.so} if extractor == "classifier" else None
+        options = dict(run_extractor_options(self.cfg).get(extractor, {}))   # where its weights are
+        if extractor == "classifier":
+            options.update(url=self.L.classifier, storage_options=self.so)
         return featurize(set_url, extractor, min_actors=1, max_actors=max(1, r.get("max", 1)), cpus_per_actor=r["cpus"],
-                         gpus_per_actor=r["gpus"], storage_options=self.so, options=options, progress=self.say)
+                         gpus_per_actor=r["gpus"], storage_options=self.so, options=options or None,
+                         progress=self.say)
 
     def sample_quality(self, st, pool: SampleSet, scored: list[str]) -> dict | None:
         """The classifier's figures on the scored samples beside its figures on real held-out images

@@ -19,8 +19,11 @@ taken as a float too, although YAML 1.1 reads it as a string):
     strategies.greedy={features: dinov2, tau0: 60}          several fields of it
 
 ``config_hash`` and ``diff`` cover what a run computes, not where or on what it runs: they leave
-out ``EXECUTION_KEYS`` (the run's name and directory, and ``resources``; the seeding scheme makes
-results independent of the number of workers). ``extendable(old, new)``: only run.generations grew.
+out ``EXECUTION_KEYS`` (the run's name and directory, ``resources``: the seeding scheme makes
+results independent of the number of workers; and ``extractors``: where the standard weights of
+the pretrained feature spaces are, which moves with the cluster, like an endpoint URL, while what
+``dinov2`` or ``inception`` computes is fixed by its name, collapse.features).
+``extendable(old, new)``: only run.generations grew.
 
 ``validate`` (in :mod:`collapse.config_checks`, importable from here too) refuses a bad config,
 naming the key and the allowed values.
@@ -31,6 +34,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 import pathlib
 import re
 import types
@@ -44,10 +48,11 @@ from collapse.errors import ConfigError
 from collapse.paradigms import KINDS, PARADIGMS
 
 PRESETS_DIR = pathlib.Path(__file__).resolve().parents[1] / "jobs" / "presets"
-EXECUTION_KEYS = ("run.name", "run.run_dir", "resources")
+EXECUTION_KEYS = ("run.name", "run.run_dir", "resources", "extractors")
 RESERVED_NAMES = ("real", "report", "shared")       # directories of the run layout beside the strategies
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SOURCES = ("fashion-mnist", "digits", "folder:PATH", "npy:PATH", "wds:URL",   # collapse.data.importers
+           "cifar10:PATH", "parquet:PATH",
            "scheme://URL of a sample set")                                   # e.g. from collapse ingest
 DISTANCE_KINDS = ("greedy", "tdf")                  # kinds that select by distances in a feature space
 
@@ -102,7 +107,6 @@ class TrainSection:                 # cluster.train.TrainSpec, less preset (mode
     ema_warmup: bool = False        # d_t = min(ema_decay, (1 + t) / (10 + t)) (collapse.diffusion.ema)
     checkpoint_every: int = _f(0, NONNEG)
     log_every: int = _f(10, ANY)
-    shuffle_buffer: int = _f(1000, ANY)
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,17 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class ExtractorsSection:
+    """Where the standard weights of the pretrained feature spaces are (collapse.features). Not part of
+    the config hash (EXECUTION_KEYS): changing them resumes a run; they must name the standard weights."""
+    # DINOv2-small: a hub id (the local Hugging Face cache; the hub too unless HF_HUB_OFFLINE) or a
+    # directory written by save_pretrained (clusters without network)
+    dinov2: str = "facebook/dinov2-small"
+    # the FID Inception weights file pt_inception-2015-12-05-6726825d.pth; "" = $COLLAPSE_INCEPTION_WEIGHTS
+    inception: str = ""
+
+
+@dataclass(frozen=True)
 class ResourcesSection:             # per worker / per actor; the score and select stages use scorer_*
     train_workers: int = _f(1, ANY)  # Ray Train workers (DeepSpeed data parallel)
     train_cpus: float = _f(1.0, NONNEG)
@@ -195,6 +210,7 @@ class RunConfig:
     paradigm: ParadigmSection = field(default_factory=ParadigmSection)
     strategies: tuple[Strategy, ...] = (Strategy("vanilla"), Strategy("greedy"))
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    extractors: ExtractorsSection = field(default_factory=ExtractorsSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
 
     def strategy(self, name: str) -> Strategy:
@@ -371,16 +387,26 @@ def load_config(preset_or_path: str | None = None, overrides: list[str] | tuple 
 
 
 def absolute_paths(cfg: RunConfig, cwd: str | None = None) -> RunConfig:
-    """``run.run_dir`` and ``data.source`` with relative or ``~`` local paths made absolute (against
-    ``cwd``, default this process's), so that no worker, whatever its working directory, reads
-    another place. Done once, as the entry point loads the config; remote URLs are unchanged."""
+    """``run.run_dir``, ``data.source`` and the ``extractors`` paths with relative or ``~`` local
+    paths made absolute (against ``cwd``, default this process's), so that no worker, whatever its
+    working directory, reads another place. Done once, as the entry point loads the config; remote
+    URLs and hub ids (``extractors.dinov2`` that is neither a path nor an existing directory) are unchanged."""
     from collapse.data.urls import absolute_source, absolute_url
-    run, data = cfg.run, cfg.data
+    run, data, ex = cfg.run, cfg.data, cfg.extractors
     if isinstance(run, RunSection) and isinstance(run.run_dir, str):
         run = dataclasses.replace(run, run_dir=absolute_url(run.run_dir, cwd))
     if isinstance(data, DataSection) and isinstance(data.source, str):
         data = dataclasses.replace(data, source=absolute_source(data.source, cwd))
-    return dataclasses.replace(cfg, run=run, data=data)
+    if isinstance(ex, ExtractorsSection) and isinstance(ex.dinov2, str) and isinstance(ex.inception, str):
+        ex = dataclasses.replace(ex, dinov2=_absolute_model_ref(ex.dinov2, cwd), inception=absolute_url(ex.inception, cwd))
+    return dataclasses.replace(cfg, run=run, data=data, extractors=ex)
+
+
+def _absolute_model_ref(ref: str, cwd: str | None) -> str:
+    """A local directory made absolute; a hub id ("org/name", no such directory) unchanged."""
+    from collapse.data.urls import absolute_url
+    local = ref.startswith(("/", ".", "~")) or os.path.isdir(os.path.join(cwd or os.getcwd(), ref))
+    return absolute_url(ref, cwd) if local and "://" not in ref else ref
 
 
 # -- output, hash, diff

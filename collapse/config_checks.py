@@ -1,10 +1,14 @@
 """Validation of a RunConfig: ``validate(cfg)`` returns cfg or raises a ConfigError.
 
 ``validate`` refuses, naming the key and the allowed values: unknown keys, wrong types, values out
-of range, a data size or mode that does not fit the model preset, fp16/bf16 without GPUs, and
+of range, a data size or mode that does not fit the model preset, fp16 without GPUs, and
 choices that would silently mean something else: random/greedy/tdf with pool_factor 1 under
 replace or accumulate-grow (the whole pool is kept: that is vanilla), fresh_fraction outside
 paradigm fresh, features/tau0/alpha on kinds that do not use them, a tdf without tau0.
+
+``check_run_extractors(cfg)`` (the run's first step, and ``collapse run --dry-run`` through
+``run_extractor_report``) goes further than the form of the config: it looks for the weights of
+every feature extractor the run uses, where the driver runs (collapse.features' probes).
 
 The config types and their allowed values (field metadata) live in :mod:`collapse.config`, which
 also exports ``validate``: import it from there.
@@ -105,8 +109,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_classes(cfg)
     _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"{list(t.betas)}: allowed: "
           "two numbers in [0, 1), e.g. [0.95, 0.999]")
-    _need(t.precision == "fp32" or cfg.resources.train_gpus > 0, "train.precision",
-          f"{t.precision!r} needs GPUs (resources.train_gpus > 0); allowed on CPU: 'fp32'")
+    _need(t.precision != "fp16" or cfg.resources.train_gpus > 0, "train.precision",
+          "'fp16' needs GPUs (resources.train_gpus > 0: autocast with loss scaling); allowed on CPU: 'bf16', 'fp32'")
     if p.name == "fresh":
         _need(1 <= round(p.fresh_fraction * d.n) <= d.n - 1, "paradigm.fresh_fraction", f"{p.fresh_fraction} "
               f"gives {round(p.fresh_fraction * d.n)} fresh images of data.n={d.n}; allowed: 1 to N - 1 of them")
@@ -132,7 +136,46 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(t.batch_size % res.train_workers == 0, "train.batch_size", f"{t.batch_size} does not divide by "
           f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
     _check_source_size(d.source, pd.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
+    _check_extractor_paths(cfg.extractors)
     return cfg
+
+
+def _check_extractor_paths(ex) -> None:
+    """Only their form: whether the weights are there is :func:`run_extractor_problems`'s question."""
+    _need(bool(ex.dinov2.strip()) and "://" not in ex.dinov2, "extractors.dinov2", f"{ex.dinov2!r}: allowed: a "
+          "hub id (e.g. facebook/dinov2-small, from the local Hugging Face cache) or a local directory")
+    _need("://" not in ex.inception, "extractors.inception", f"{ex.inception!r}: allowed: a local file path, or '' "
+          "($COLLAPSE_INCEPTION_WEIGHTS)")
+
+
+def run_extractors(cfg: RunConfig) -> list[str]:
+    """The feature extractors a run uses, in order: metrics.features, then the strategies'."""
+    names = list(cfg.metrics.features) + [st.features for st in cfg.strategies if st.features]
+    return list(dict.fromkeys(names))
+
+
+def run_extractor_options(cfg: RunConfig) -> dict[str, dict]:
+    """{extractor: options} saying where the run's standard weights are (config section extractors)."""
+    from collapse.features import configured_options
+    return configured_options(cfg.extractors.dinov2, cfg.extractors.inception)
+
+
+def run_extractor_report(cfg: RunConfig) -> list[tuple[str, bool, str]]:
+    """(name, ok, what was found or the problem) of every extractor of the run (collapse.features probes)."""
+    from collapse.features import extractor_report
+    return extractor_report(run_extractors(cfg), run_extractor_options(cfg))
+
+
+def run_extractor_problems(cfg: RunConfig) -> list[str]:
+    """The problems of the run's extractors, each naming the extractor, what is missing and the fix; [] if none."""
+    from collapse.features import check_extractors
+    return check_extractors(run_extractors(cfg), run_extractor_options(cfg))
+
+
+def check_run_extractors(cfg: RunConfig) -> None:
+    """Raise a ConfigError (one line) when an extractor of the run cannot be built here."""
+    problems = run_extractor_problems(cfg)
+    _need(not problems, "extractors", "; ".join(problems))
 
 
 def _check_classes(cfg: RunConfig) -> None:
@@ -157,16 +200,16 @@ def _check_classes(cfg: RunConfig) -> None:
                   "(model.num_classes >= 2); allowed: false")
             _need(st.kind in SELECTING, f"strategies.{st.name}.per_class", f"true: kind {st.kind} selects "
                   f"nothing; allowed: false, or kind {' / '.join(SELECTING)}")
-    _need(cfg.data.source != "digits" or K in (0, 10), "model.num_classes", f"{K}: digits has 10 classes; "
-          "allowed: 0 or 10")
-    _need(cfg.data.source != "fashion-mnist" or K in (0, 10), "model.num_classes", f"{K}: fashion-mnist has 10 "
-          "classes; allowed: 0 or 10")
+    named = cfg.data.source.partition(":")[0] if cfg.data.source.startswith("cifar10:") else cfg.data.source
+    if named in ("digits", "fashion-mnist", "cifar10"):
+        _need(K in (0, 10), "model.num_classes", f"{K}: {named} has 10 classes; allowed: 0 or 10")
 
 
 def _check_source_size(source: str, real_n: int, holdout: int) -> None:
     """data.n (all real training images the paradigm needs) and data.holdout against a source whose
     size is known without reading it (collapse.data.importers.KNOWN_SIZES)."""
     from collapse.data.importers import KNOWN_SIZES
+    source = source if source in KNOWN_SIZES else source.partition(":")[0]   # cifar10:PATH -> cifar10
     if source not in KNOWN_SIZES:
         return
     train, test = KNOWN_SIZES[source]
@@ -183,7 +226,8 @@ def _check_source_size(source: str, real_n: int, holdout: int) -> None:
 def _source_ok(source: str) -> bool:
     kind, sep, arg = source.partition(":")
     url = re.match(r"^[a-z][a-z0-9+.-]*://.", source) is not None
-    return source in ("fashion-mnist", "digits") or url or (kind in ("folder", "npy", "wds") and bool(sep and arg))
+    kinds = ("folder", "npy", "wds", "cifar10", "parquet")
+    return source in ("fashion-mnist", "digits") or url or (kind in kinds and bool(sep and arg))
 
 
 def _check_strategies(strategies: tuple, paradigm: str, extractors: tuple) -> None:

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ing = sub.add_parser("ingest", help="import a real image source as sample sets <out>/train and <out>/holdout")
-    ing.add_argument("source", help="fashion-mnist | digits | folder:PATH | npy:PATH | wds:URL; a path to an "
+    ing.add_argument("source", help="fashion-mnist | digits | folder:PATH | npy:PATH | wds:URL | cifar10:PATH | "
+                     "parquet:PATH; a path to an "
                      "existing directory or .npy/.npz file needs no prefix")
     ing.add_argument("--out", required=True, help="output URL (local path, file://, s3://, memory://, gs://)")
     ing.add_argument("--size", type=int, help="resize every image to SIZE x SIZE")

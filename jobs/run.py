@@ -30,6 +30,21 @@ def _seconds(v: str) -> float:
     return s
 
 
+def _print_extractors(cfg) -> int:
+    """A line per feature extractor of the run: ok (and where its weights are) or the problem; a
+    problem then raises the one-line ConfigError that the CLI prints (exit 2)."""
+    from collapse.config_checks import run_extractor_report
+    from collapse.errors import ConfigError
+    report = run_extractor_report(cfg)
+    print("\nfeature extractors (looked for where this driver runs):")
+    for name, ok, text in report:
+        print(f"  {name}: {'' if ok else 'MISSING: '}{text.removeprefix(name + ': ')}")
+    problems = [text for _, ok, text in report if not ok]
+    if problems:
+        raise ConfigError(f"extractors: {'; '.join(problems)}")
+    return 0
+
+
 def main(args) -> int:
     from collapse import config as cf
     from collapse.plan import format_plan, plan
@@ -39,7 +54,7 @@ def main(args) -> int:
     if args.dry_run:
         print(cf.to_yaml(cfg))
         print(format_plan(plan(cfg)))
-        return 0
+        return _print_extractors(cfg)
     import os
 
     from collapse.data import storage
