@@ -3,7 +3,7 @@
 A local ``ray.init()`` starts the GCS and a raylet as children of the driver, and the raylet starts
 the dashboard and runtime-env agents and the workers. When the driver is killed with SIGKILL, the
 raylet and the GCS go with it, but ``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` were seen
-to stay, orphaned (shared/design/PLATFORM.md). This process watches the driver and ends them.
+to stay, orphaned (docs/PLATFORM.md). This process watches the driver and ends them.
 
 How it knows the driver is gone: the driver holds the write end of a pipe whose read end only this
 process has; the kernel closes it when the driver exits, for any reason, so the read returns.

@@ -2,7 +2,7 @@
 
 Environment that actors and Train workers need goes through ``runtime_env`` here, in one place
 (the driver's environment does not reach them; the same key set twice fails a job with a merge
-conflict). Facts behind each knob: shared/design/PLATFORM.md.
+conflict). Facts behind each knob: docs/PLATFORM.md.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import uuid
 # Variables every worker process gets.
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # a harmless Ray Train error line otherwise
-    "OMP_NUM_THREADS": "1",                     # one torch thread per CPU slot: as fast, half the CPU (PLATFORM.md)
+    "OMP_NUM_THREADS": "1",                     # one torch thread per CPU slot: as fast, half the CPU (docs/PLATFORM.md)
     "TOKENIZERS_PARALLELISM": "false",
 }
 

@@ -1,4 +1,4 @@
-"""Kozachenko-Leonenko differential entropy (nats), as in SCIENCE.md:
+"""Kozachenko-Leonenko differential entropy (nats), as in docs/SCIENCE.md, "Definitions":
 
     H_k(D) = psi(N) - psi(k) + log c_d + (d/N) * sum_i log r_k(i)
     c_d    = pi^(d/2) / Gamma(d/2 + 1)       (volume of the unit d-ball)

@@ -1,6 +1,6 @@
 """Every figure of one generation, from feature arrays (pure: the score stage loads, this computes).
 
-Per feature space (SCIENCE.md, "Definitions"):
+Per feature space (docs/SCIENCE.md, "Definitions"):
     entropy            H(D_n), Kozachenko-Leonenko, k = 1, of the training set (nats)
     pool_entropy       H of the scored generated samples
     gs                 generalization score of the generated samples against D_n

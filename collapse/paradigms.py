@@ -2,7 +2,7 @@
 
 Generation n trains model M_n from scratch on D_n (|D_1| = N real images), samples its pool P_n
 of k*N candidates (k = the strategy's pool factor), and D_{n+1} is built from them
-(SCIENCE.md, "The loop paradigms"). With F = round(fresh_fraction * N):
+(docs/SCIENCE.md, "The loop paradigms"). With F = round(fresh_fraction * N):
 
 | paradigm        | vanilla: D_{n+1} =                    | a selection chooses among | forced in  |
 |-----------------|---------------------------------------|---------------------------|------------|
@@ -22,7 +22,7 @@ on the whole pool, or everything so far under accumulate), and the selecting kin
 ``greedy``, ``tdf`` (a selection keeps the free share among the candidates). Under accumulate
 the paper's pool is "everything so far", so its presets use k = 1 there.
 
-Conventions (a change gets a new paradigm name, STYLE.md principle 5):
+Conventions (a change gets a new paradigm name, docs/STYLE.md principle 5):
 - the real reservoir ``real_keys`` is the imported real train split in its (seeded) order: D_1 is
   its first N keys; ``fresh`` takes generation n's F new keys from the block
   ``real_keys[N + (n-1)F : N + nF]``, so no real image is fresh twice (``real_needed`` says how
@@ -88,7 +88,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """The decision data of D_{n+1} over keys (STYLE.md principle 6): acting on it is the caller's."""
+    """The decision data of D_{n+1} over keys (docs/STYLE.md principle 6): acting on it is the caller's."""
     paradigm: str
     generation: int
     how: str

@@ -1,4 +1,4 @@
-"""Registries of named variants (STYLE.md principle 5): a committed name never changes meaning."""
+"""Registries of named variants (docs/STYLE.md principle 5): a committed name never changes meaning."""
 from __future__ import annotations
 
 from typing import Callable

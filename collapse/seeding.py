@@ -1,4 +1,4 @@
-"""Randomness keyed by identity, never by process (STYLE.md, principle 4).
+"""Randomness keyed by identity, never by process (docs/STYLE.md, principle 4).
 
 Every random number of a run is a function of *what* it is for, never of which process, actor,
 batch or retry draws it:

@@ -1,4 +1,4 @@
-"""Choose which n of a pool of candidates to keep (SCIENCE.md, "The selection strategies").
+"""Choose which n of a pool of candidates to keep (docs/SCIENCE.md, "The selection strategies").
 
 ``select(features, n, strategy, seed=0, **params)`` returns a frozen :class:`Selection`: the kept
 indices in selection order and, per kept item, why it was kept. Strategies live in a registry
@@ -13,7 +13,7 @@ of small functions; a registered name never changes meaning (a new behaviour get
   DINOv2 space, 2000 in pixel space) and ``alpha`` in (0, 1) (default 0.95). Pass over the
   candidates in one seeded shuffled order; keep x if it is farther than tau (strictly) from every
   kept item; stop at n. **Decay rule: tau <- alpha * tau after every pass**, whether or not the
-  pass kept anything (the paper's algorithm box, as SCIENCE.md states it; the rule "decay only
+  pass kept anything (the paper's algorithm box, as docs/SCIENCE.md states it; the rule "decay only
   after a pass that kept nothing" would be registered under a new name). Passes that cannot keep
   anything (tau >= every remaining candidate's distance) are skipped arithmetically: same tau,
   same pass count as running them. When every remaining candidate is a duplicate of a kept item

@@ -4,7 +4,7 @@ Endpoint and credentials come from `storage_options` (``endpoint_url``, ``key``,
 standard environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). They are never
 written into manifests, configs or logs: nothing here serialises them.
 
-Atomicity (measured, see shared/design/PLATFORM.md): an S3 object is invisible until its upload
+Atomicity (measured, see docs/PLATFORM.md): an S3 object is invisible until its upload
 completes, so object stores get one ``put``/``pipe`` of finished bytes; ``file://`` and
 ``memory://`` show partial data while writing, so those get a temporary name and a rename.
 """

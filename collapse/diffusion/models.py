@@ -1,6 +1,6 @@
 """The denoiser eps_theta (a diffusers ``UNet2DModel``) and the noise schedule, from plain numbers.
 
-Named presets live in ``UNET_PRESETS``; a committed preset never changes meaning (STYLE.md,
+Named presets live in ``UNET_PRESETS``; a committed preset never changes meaning (docs/STYLE.md,
 principle 5): a different network gets a new name. Parameter counts are those of the
 unconditional model (a class-conditional one adds ``(num_classes + 1) * 4 * widths[0]``).
 
@@ -15,7 +15,7 @@ unconditional model (a class-conditional one adds ``(num_classes + 1) * 4 * widt
 sets): attention only at the lowest resolution (7x7 or 8x8); measured on one thread of this
 machine at 28 px, ~1.4 AdamW steps/s at batch 64 and ~16 images/s with DDIM-20 (widths
 (32, 64, 128) gave 2.7M parameters at ~1.1 steps/s and ~10 images/s).
-``cifar10-paper`` is the paper's network (SCIENCE.md "Reference setup": 16.0M parameters). 16.0M
+``cifar10-paper`` is the paper's network (docs/SCIENCE.md, "Reference setup": 16.0M parameters). 16.0M
 needs both attention blocks at 192-wide levels (the 4th down block counted from 1, 96 wide, gives
 15.79M), so "4th down" is the 0-based index 4: attention in down block 4 and up block 1, both at
 2x2, the layout of diffusers' ``train_unconditional`` example. Widths of 48 need

@@ -1,7 +1,7 @@
 """From what a run holds to what the report draws: the metric catalogue with units, the series of
 each plot, the points of the central figure, and the nearest-training-image evidence.
 
-Units (SCIENCE.md, "Definitions"; collapse/metrics.py): entropies are in nats; GS and nearest-
+Units (docs/SCIENCE.md, "Definitions"; collapse/metrics.py): entropies are in nats; GS and nearest-
 neighbour distances are Euclidean distances in the feature space (pixel space: raw pixel values
 on the 0-255 scale, flattened); FD and Tr Cov are squared distances; KID is an MMD^2 under the
 cubic polynomial kernel; memorization, precision, recall, coverage and the real share are

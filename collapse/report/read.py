@@ -1,4 +1,4 @@
-"""Read what a run directory holds so far (ARCHITECTURE.md, "Run layout"); nothing else is consulted.
+"""Read what a run directory holds so far (docs/ARCHITECTURE.md, "Run layout"); nothing else is consulted.
 
 A run that is still going is read as it stands: a generation counts once its ``metrics.json``
 exists, a sample set once its manifest exists, a stage once its record exists. Every read goes

@@ -18,7 +18,7 @@
 # COLLAPSE_CEPH_OSD_SIZE_GB (size of the sparse OSD file, at creation; default 10),
 # COLLAPSE_CEPH_TIMEOUT (seconds to wait for each daemon, default 60).
 #
-# Settings follow shared/design/PLATFORM.md (measured with Ceph Pacific 16.2 from Debian 12).
+# Settings follow docs/PLATFORM.md, "Object stores you can run here" (measured with Ceph Pacific 16.2 from Debian 12).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

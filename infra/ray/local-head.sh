@@ -19,7 +19,7 @@
 # COLLAPSE_RAY_TIMEOUT (seconds to wait for the head, default 90), COLLAPSE_RAY (the `ray`
 # program; default the one on PATH, else .venv/bin/ray).
 #
-# Settings follow shared/design/PLATFORM.md, "Ray on one machine" (measured with Ray 2.60).
+# Settings follow docs/PLATFORM.md, "Ray on one machine" (measured with Ray 2.60).
 set -euo pipefail
 
 # Started from a process of a head (a job), we carry its marker: drop it, or we would count

@@ -1,7 +1,7 @@
 """Ray on one machine: every port on 127.0.0.1, `ray job submit` exit codes, what reaches workers.
 
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is what binds Ray to loopback on Linux, an undocumented knob
-(shared/design/PLATFORM.md): these tests notice when a Ray upgrade stops honouring it.
+(docs/PLATFORM.md, "Ray on one machine"): these tests notice when a Ray upgrade stops honouring it.
 """
 
 from __future__ import annotations

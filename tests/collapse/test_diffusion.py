@@ -43,10 +43,10 @@ def sched20():
 # ---- presets --------------------------------------------------------------------------------
 
 def test_preset_parameter_counts():
-    assert num_params(unet_from_preset("tiny")) == 651_041  # ~0.65M (PLATFORM.md: 651k)
+    assert num_params(unet_from_preset("tiny")) == 651_041  # ~0.65M (docs/PLATFORM.md: 651k)
     assert num_params(unet_from_preset("small-28")) == num_params(unet_from_preset("small-32")) == 1_112_801
     n = num_params(unet_from_preset("cifar10-paper"))
-    assert abs(n - 16.0e6) <= 0.1e6, n  # SCIENCE.md: 16.0M
+    assert abs(n - 16.0e6) <= 0.1e6, n  # docs/SCIENCE.md: 16.0M
     assert num_params(unet_from_preset("tiny", num_classes=10)) - 651_041 == 11 * 4 * 32
     assert set(UNET_PRESETS) == {"tiny", "small-28", "small-32", "cifar10-paper"}
     unet, sched = build("tiny", num_classes=2)
