@@ -92,7 +92,7 @@ def main():
     _, images, _ = open_sample_set(f"{work}/data/train").load()
     plain = plain_training(args.preset, images, args.steps, args.batch, threads=1)
     spec = TrainSpec(preset=args.preset, steps=args.steps + 5, batch_size=args.batch, warmup_steps=5,
-                     log_every=args.steps + 5, shuffle_buffer=256)
+                     log_every=args.steps + 5)
     t = time.perf_counter()
     m = train_model(f"{work}/data/train", f"{work}/trained", spec, num_workers=1, cpus_per_worker=1,
                     progress=lambda *_: None)
