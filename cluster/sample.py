@@ -4,7 +4,10 @@ Shard ``j`` of a pool always holds the samples with indices ``[j*S, (j+1)*S)``; 
 is ``sample_seed(run_seed, generation, i)``, so its image does not depend on the number of actors,
 the batch size, or retries. The stage lists the shards a previous attempt completed (their
 sidecars), samples only the missing ones, and commits the pool's manifest last: rerunning after a
-crash produces exactly the set an uninterrupted run would have.
+crash produces exactly the set an uninterrupted run would have. A finished pool of another hash is
+un-committed and sampled again (a longer run's old last generation), unless it was drawn by another
+version of the sampler (``SampleSpec.sampler``, guided DDIM): that is refused, since the selections
+and models made from it would stay.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from dataclasses import dataclass
 
 from cluster.runtime import map_actor_pool
 from collapse.data import manifest as mf
+from collapse.data import storage
 from collapse.data.samples import commit_sample_set, completed_shard
+from collapse.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,38 @@ class SampleSpec:
     shard_size: int = 1000
     batch_size: int = 64
     batch_invariant: bool = False  # run the network per sample: images independent of batch_size too (slower)
+    sampler: str = ""              # guided DDIM: the step's version (collapse.diffusion.sampling.GUIDED_DDIM), filled
+    #                                in by sample_pool when empty; "" for every other sampler (not hashed, as before)
+
+
+def resolve_sampler(spec: SampleSpec) -> SampleSpec:
+    """``spec`` with the version of the step this collapse draws it with (``sampler_variant``); a spec that
+    names another version (a pool planned for a step this code no longer takes) is refused."""
+    from collapse.diffusion.sampling import sampler_variant  # torch: imported when a pool is sampled
+    want = sampler_variant(spec.method, spec.guidance_scale)
+    if spec.sampler not in ("", want):
+        step = repr(want) if want else "diffusers' own step"
+        raise ConfigError(f"the sample spec asks for the sampler {spec.sampler!r}, but this collapse draws "
+                          f"method={spec.method!r} at guidance_scale={spec.guidance_scale} with {step}: "
+                          "plan the stage again with this collapse")
+    return dataclasses.replace(spec, sampler=want)
+
+
+def _described(sampler: str, spec: SampleSpec) -> str:
+    from collapse.diffusion.sampling import sampler_variant
+    if sampler:
+        return f"the sampler {sampler!r}"
+    if sampler_variant(spec.method, spec.guidance_scale):
+        return ("an unversioned guided DDIM step (drawn before the step's version entered the pool's hash; until "
+                "1096f3f it kept the raw guided eps beside the clipped x0)")
+    return "diffusers' own step"
+
+
+def pool_hash(spec: SampleSpec, model_files) -> str:
+    """The pool's config hash: the spec (class_weights and sampler only when set, so that the pools of
+    unguided runs keep the hashes they had before either existed) and the model's files."""
+    hashed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("class_weights", "sampler") or v}
+    return mf.config_hash({"spec": hashed, "model": model_files})
 
 
 class Sampler:
@@ -104,13 +141,25 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     """Sample ``spec.count`` images from the model at ``model_url`` into the set at ``pool_url``."""
     if spec.count < 1:
         raise ValueError(f"pool count must be >= 1, got {spec.count}")
+    spec = resolve_sampler(spec)
     model = mf.read_manifest(model_url, storage_options)  # the model must be finished
-    hashed = {k: v for k, v in dataclasses.asdict(spec).items() if k != "class_weights" or v}  # () as before
-    chash = mf.config_hash({"spec": hashed, "model": model.get("files")})
+    chash = pool_hash(spec, model.get("files"))
     done = mf.try_read_manifest(pool_url, storage_options)
     if done is not None and done.get("config_hash") == chash:
         progress(f"sample: {pool_url} already holds {done['count']} samples; skipping")
         return done
+    if done is not None:
+        drawn = done.get("extra", {}).get("sampler", "")
+        if drawn != spec.sampler:  # what was made from those images (selections, models) would stay: refuse
+            raise DataError(f"{pool_url!r} holds a pool drawn by {_described(drawn, spec)}, and this collapse draws "
+                            f"it with {_described(spec.sampler, spec)}: that pool and every later generation made "
+                            "from it belong to another sampler. Keep that run as it is and start this one in "
+                            "another run directory, or delete the pool and what was made from it (its strategy's "
+                            "later generations) to sample it again")
+        # other settings or another model (e.g. the old last generation's pool of a longer run): un-commit it,
+        # then resample every shard (a shard's sidecar holds the hash it was drawn under: no old one counts)
+        progress(f"sample: {pool_url} holds a pool drawn with other settings or another model; sampling it again")
+        storage.remove(mf.manifest_url(pool_url), storage_options)
     n_shards = math.ceil(spec.count / spec.shard_size)
     records = {j: completed_shard(pool_url, j, chash, storage_options) for j in range(n_shards)}
     missing = [j for j, r in records.items() if r is None]
@@ -141,7 +190,8 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
             made += len(record["keys"])
     manifest = commit_sample_set(pool_url, [records[j] for j in range(n_shards)], config_hash=chash,
                                  extra={"model": model_url, "generation": spec.generation, "method": spec.method,
-                                        "steps": spec.steps}, storage_options=storage_options)
+                                        "steps": spec.steps, **({"sampler": spec.sampler} if spec.sampler else {})},
+                                 storage_options=storage_options)
     if busy:
         progress(f"sample: {made} images made, {made / busy:.1f} images/s per actor while sampling")
     return {**manifest, "busy_seconds": busy, "made": made}  # reported, not stored

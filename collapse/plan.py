@@ -135,6 +135,10 @@ def _sample_spec(cfg: RunConfig, s: Strategy | None) -> dict:
     spec = {**dataclasses.asdict(cfg.sample), "guidance_scale": guidance_scale(cfg, s)}
     if not spec["class_weights"]:
         del spec["class_weights"]  # balanced: the default of cluster.sample.SampleSpec
+    from collapse.diffusion.sampling import sampler_variant  # torch: imported when a plan is built
+    variant = sampler_variant(spec["method"], spec["guidance_scale"])
+    if variant:  # guided DDIM only: the stage's hash follows its step's version (unguided hashes as before)
+        spec["sampler"] = variant
     return spec
 
 

@@ -51,6 +51,20 @@ from collapse.seeding import torch_generator
 
 METHODS = ("ddpm", "ddim")
 
+# The guided DDIM step's version. v1 (until 1096f3f) kept the raw guided eps beside the clipped x0_hat;
+# v2 takes the eps of the clipped x0_hat. It enters the hash of every guided DDIM pool and sample stage
+# (cluster.sample, collapse.plan) and the pool's manifest: a pool drawn by another version is refused,
+# never mixed with this one's. Change it whenever the guided DDIM step changes what it draws.
+GUIDED_DDIM = "ddim-clipped-eps-v2"
+
+
+def sampler_variant(method: str, guidance_scale: float) -> str:
+    """The version of the step that ``sample(method=..., guidance_scale=...)`` takes: ``GUIDED_DDIM`` for
+    guided DDIM (guidance_scale != 1), else "" (diffusers' own step, unchanged since pools were first drawn)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return GUIDED_DDIM if method == "ddim" and float(guidance_scale) != 1.0 else ""
+
 
 def _eps(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     return model(x.to(model.dtype), t, class_labels=y).sample.float()
@@ -152,8 +166,9 @@ def _sample_batch(model, sched, method, seeds, labels, guidance_scale, eta, devi
             # The raw guided eps extrapolates far past the model's; with x0_hat clipped and that eps kept,
             # DDIM at s >= 3 made noise (measured 2026-12-02, tiny preset) where DDPM made garments.
             # Unguided sampling keeps diffusers' default, so every unguided pool stays bit-identical.
-            x = sched.step(eps, t, x, eta=eta, variance_noise=z,
-                           use_clipped_model_output=guidance_scale != 1.0).prev_sample
+            # GUIDED_DDIM names this choice: change it with the step.
+            clipped_eps = sampler_variant(method, guidance_scale) == GUIDED_DDIM
+            x = sched.step(eps, t, x, eta=eta, variance_noise=z, use_clipped_model_output=clipped_eps).prev_sample
     return tensor_to_images(x)
 
 
