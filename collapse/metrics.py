@@ -54,8 +54,8 @@ def space_metrics(train: np.ndarray, generated: np.ndarray, holdout: np.ndarray,
     r_self = index.search(train, 1, exclude_self=True)[0][:, 0]     # nearest other image of D_n
     d_gen = index.search(generated, 2)[0]                              # d1, d2 of every sample
     d_hold = index.search(holdout, 1)[0][:, 0]
-    kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=min(1000, len(generated), len(holdout)),
-                            seed=seed)
+    # subsets of min(1000, half of each set) rows (collapse.quality.kid_subset_size); kid_std NaN under 4 rows
+    kid_mean, kid_std = kid(generated, holdout, n_subsets=50, subset_size=1000, seed=seed)
     quality = prdc(holdout, generated, k=prdc_k)
     gs, holdout_gs = float(np.mean(d_gen[:, 0])), float(np.mean(d_hold))
     return {"entropy": entropy_from_radii(r_self, np.asarray(train).shape[1]), "pool_entropy": kl_entropy(generated),

@@ -7,6 +7,7 @@ from collapse.entropy import kl_entropy
 from collapse.metrics import ExactIndex, generation_metrics, space_metrics
 from collapse.novelty import (duplicate_share, generalization_score, mean_nn_distance, memorization_fraction,
                               memorization_within, real_copy_radius)
+from collapse.quality import kid
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,9 @@ def test_space_metrics_equal_the_standalone_functions(sets):
     assert f["manifold_ratio"] == pytest.approx(f["gs"] / f["holdout_gs"], rel=1e-12)
     assert 0.1 <= f["memorization"] <= 0.25 and f["duplicate_share"] == pytest.approx(2 / 300)
     assert "memorization_real_scale" not in space_metrics(train, generated, holdout)
+    # KID over 50 subsets of min(1000, half of each set) = 60 rows: distinct subsets, a spread > 0
+    assert (f["kid"], f["kid_std"]) == kid(generated, holdout, n_subsets=50, subset_size=60, seed=0)
+    assert f["kid_std"] > 0
 
 
 def test_an_index_object_answers_every_search_of_d_n(sets):

@@ -4,7 +4,8 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from collapse.quality import frechet_distance, kid, prdc
+from collapse import quality
+from collapse.quality import frechet_distance, kid, kid_subset_size, prdc
 
 
 def fd_scipy(a, b):
@@ -77,11 +78,52 @@ def mmd2_unbiased(x, y):
 
 def test_kid_matches_direct_mmd(ab):
     a, b = ab
-    mean, std = kid(a[:200], b[:200], n_subsets=1, subset_size=200)   # whole sets: MMD is order-free
-    assert mean == pytest.approx(mmd2_unbiased(a[:200], b[:200]), rel=1e-10) and std == 0.0
+    mean, std = kid(a[:200], b[:200], n_subsets=1, subset_size=1000, seed=5)   # one subset of 100 rows of each
+    rng = np.random.default_rng(5)
+    x, y = a[rng.choice(200, 100, replace=False)], b[rng.choice(200, 100, replace=False)]
+    assert mean == pytest.approx(mmd2_unbiased(x, y), rel=1e-10) and np.isnan(std)  # one subset: no spread
+    mean, std = kid(a[:3], b[:3], n_subsets=20)                          # < 4 rows: the whole sets (order-free)
+    assert mean == pytest.approx(mmd2_unbiased(a[:3], b[:3]), rel=1e-10) and np.isnan(std)
     m1, s1 = kid(a, b, n_subsets=20, subset_size=100, seed=3)
     assert (m1, s1) == kid(a, b, n_subsets=20, subset_size=100, seed=3)
     assert abs(kid(a, a, n_subsets=20, subset_size=100)[0]) < 0.1 * kid(a, a + 3.0, n_subsets=20, subset_size=100)[0]
+
+
+def test_kid_subsets_are_at_most_half_of_each_set(monkeypatch):
+    assert kid_subset_size(1000, 1000) == 500          # gs_samples = holdout = 1000: no longer the whole sets
+    assert kid_subset_size(10000, 10000) == kid_subset_size(50000, 2000) == 1000
+    assert kid_subset_size(1000, 300, 1000) == kid_subset_size(300, 1000, 1000) == 150
+    assert kid_subset_size(4, 4) == 2 and kid_subset_size(3, 1000) == 3 and kid_subset_size(2, 2) == 2
+    seen = []
+    kernel = quality._poly_kernel
+    monkeypatch.setattr(quality, "_poly_kernel", lambda x, y: seen.append((len(x), len(y))) or kernel(x, y))
+    rng = np.random.default_rng(0)
+    kid(rng.normal(size=(1000, 4)), rng.normal(size=(1000, 4)), n_subsets=3)
+    assert seen == [(500, 500)] * 9
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        kid(np.zeros((1, 2)), np.zeros((5, 2)))
+
+
+def test_kid_std_is_the_spread_over_distinct_subsets():
+    """Two sets of 1000 rows (as gs_samples = holdout = 1000): the subsets differ, so the std is > 0; KID
+    of two samples of one distribution is 0 in expectation (unbiased) and lies within its std of 0 here,
+    while a shifted distribution lies many stds away."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(1)
+    with threadpool_limits(1):  # 100-odd small products: BLAS threads only contend
+        a, b = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8))
+        mean, std = kid(a, b, n_subsets=50, subset_size=1000, seed=0)
+        assert std > 0 and abs(mean) < 3 * std
+        a, b = a[:400], b[:400]
+        mean, std = kid(a, b, n_subsets=50, seed=0)
+        shifted, s_std = kid(a, b + 0.5, n_subsets=50, seed=0)
+        assert abs(mean) < 3 * std and s_std > 0 and shifted > 5 * s_std
+        # smaller than the spread of 200-row estimates over fresh samples of the distributions (shared rows)
+        fresh = np.std([kid(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), n_subsets=1)[0]
+                        for _ in range(40)])
+        assert 0.1 * fresh < std < fresh
+    assert np.isfinite(kid(a[:4], b[:4], n_subsets=10)[1])           # 4 rows: subsets of 2, distinct
+    assert np.isnan(kid(a[:3], b, n_subsets=10)[1])                  # 3 rows: only the whole set
 
 
 def prdc_numpy(real, fake, k):
