@@ -20,9 +20,19 @@ has ended (a killed driver resubmitted on the same head node need not wait out t
 while it was paused, say) has lost it; :meth:`Lease.check` then raises and the driver stops before
 it commits anything more. Releasing writes a ``released`` lease (also a compare-and-swap), so the
 release of a lease that was already taken over changes nothing.
+
+Every write is harmless when the client retries it. A store may apply a conditional PUT and lose
+its answer; botocore then sends it again, and the retry is refused (412) by our own first write,
+whose ETag it moved. So each write carries a token of its own (``Holder.write``, new for every
+write): on a refused write the lease is read back, and if it holds this write's token the write
+happened (its ETag is taken and the driver goes on). Only another write's bytes are a conflict: a
+take-over at a heartbeat, another driver at acquisition. The check that the store honours
+``If-None-Match`` (a second create of our own lease must be refused) writes its own token too, so
+it is never confused with the first create.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,6 +74,7 @@ class Holder:
     heartbeat_at: float
     ttl_s: float
     released: bool = False
+    write: str = ""  # a token of this write (see the module docstring); "" in leases of older drivers
 
     @staticmethod
     def parse(data: bytes) -> "Holder":
@@ -71,7 +82,8 @@ class Holder:
         try:
             d = json.loads(data)
             return Holder(str(d["id"]), str(d["host"]), int(d["pid"]), float(d["started_at"]),
-                          float(d["heartbeat_at"]), float(d["ttl_s"]), bool(d.get("released", False)))
+                          float(d["heartbeat_at"]), float(d["ttl_s"]), bool(d.get("released", False)),
+                          str(d.get("write", "")))
         except (ValueError, KeyError, TypeError):
             return Holder("unreadable", "?", -1, 0.0, 0.0, 0.0, False)
 
@@ -203,6 +215,18 @@ class Lease:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # the heartbeat and a commit's confirm() must not race each other
 
+    def _swap(self, holder: Holder, expect: str | None) -> str:
+        """Write ``holder`` if the lease is at version ``expect`` (None: absent); its new version.
+        A refused write whose own bytes are in the store was applied, its answer lost and the retry
+        refused by it: that is success. Anything else raises _Conflict."""
+        try:
+            return self.store.write(holder.to_bytes(), expect)
+        except _Conflict:
+            data, version = self.store.read()
+            if data is not None and version is not None and holder.write and Holder.parse(data) == holder:
+                return version
+            raise
+
     # -- acquisition
     def acquire(self, take_over: bool = False) -> "Lease":
         for _ in range(5):  # a conflict means another driver changed the lease meanwhile: look again
@@ -211,7 +235,7 @@ class Lease:
             me = self._stamped(now)
             try:
                 if data is None:
-                    self.version = self.store.write(me.to_bytes(), None)
+                    self.version = self._swap(me, None)
                     self._refuses_a_second_create(me)
                 else:
                     other = Holder.parse(data)
@@ -223,7 +247,7 @@ class Lease:
                             f"stale after {other.ttl_s:.0f} s without one. Wait for that driver to finish or stop "
                             f"it, or pass --take-over if you are sure it is gone (its writes would then race "
                             f"with this one's).")
-                    self.version = self.store.write(me.to_bytes(), version)
+                    self.version = self._swap(me, version)
                     if not other.released:
                         why = ("forced by --take-over" if fresh else "its process is gone" if gone else
                                f"stale for {other.age(now):.0f} s")
@@ -239,8 +263,9 @@ class Lease:
         """A store that ignores If-None-Match would let two drivers both 'create' the lease."""
         if self.store.scheme not in ("s3", "s3a"):
             return
+        second = dataclasses.replace(me, write=uuid.uuid4().hex)  # its own token: never taken for the first
         try:
-            self.store.write(me.to_bytes(), None)
+            self.store.write(second.to_bytes(), None)
         except _Conflict:
             return
         raise StorageError(f"the store behind {self.url} ignores conditional writes (If-None-Match: * was not "
@@ -249,7 +274,7 @@ class Lease:
 
     def _stamped(self, now: float) -> Holder:
         return Holder(self.me.id, self.me.host, self.me.pid, self.me.started_at if self.version else now,
-                      now, self.ttl_s)
+                      now, self.ttl_s, write=uuid.uuid4().hex)
 
     # -- heartbeat
     def renew(self) -> None:
@@ -259,7 +284,7 @@ class Lease:
             now = self.clock()
             me = self._stamped(now)
             try:
-                self.version = self.store.write(me.to_bytes(), self.version)
+                self.version = self._swap(me, self.version)
                 self.me, self.renewed_at = me, now
             except _Conflict:
                 data, _ = self.store.read()
@@ -308,10 +333,11 @@ class Lease:
             self._thread.join(timeout=30)
         if self.lost or self.version is None:
             return
-        done = Holder(self.me.id, self.me.host, self.me.pid, self.me.started_at, self.clock(), self.ttl_s, True)
+        done = Holder(self.me.id, self.me.host, self.me.pid, self.me.started_at, self.clock(), self.ttl_s, True,
+                      uuid.uuid4().hex)
         with self._lock:
             try:
-                self.version = self.store.write(done.to_bytes(), self.version)
+                self.version = self._swap(done, self.version)
             except _Conflict:
                 pass  # taken over meanwhile: the new holder's lease stays
 
