@@ -63,7 +63,29 @@ def connect(address: str | None = None, num_cpus: int | None = None, extra_env: 
                      runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
                      configure_logging=True, logging_level="WARNING")
     quiet_data()
+    start_autoscaling_coordinator()
     return ray
+
+
+def start_autoscaling_coordinator(timeout_s: float = 300.0) -> None:
+    """Start Ray's AutoscalingCoordinator (a detached actor that Ray Train's controller and Ray Data
+    register their resource requests with) and wait until it answers.
+
+    Ray Train 2.60's controller creates it on its first training if no one has, then waits 5 s for its
+    first answer; on a loaded machine the new actor's process takes longer to start, and the controller
+    logs "Failed to send resource request ..." with a traceback ("safe to ignore", and the training
+    goes on). Started here, once per cluster (``get_if_exists``), it is up before any training asks.
+    The coordinator is a private part of Ray Data: where this Ray has no such part, nothing is done.
+    """
+    import ray
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    coordinator = get_or_create_autoscaling_coordinator()
+    ray.get(coordinator.get_reserved_resources.remote("collapse-driver"), timeout=timeout_s)
 
 
 def free_port() -> int:
@@ -132,8 +154,9 @@ def quiet_data() -> None:
 
 
 def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, min_actors: int, max_actors: int,
-                   cpus_per_actor: float, gpus_per_actor: float = 0.0) -> list[dict]:
-    """Run ``actor_cls`` over ``items`` (one item per call) in an autoscaling Ray Data actor pool.
+                   cpus_per_actor: float, gpus_per_actor: float = 0.0, on_row=None) -> list[dict]:
+    """Run ``actor_cls`` over ``items`` (one item per call) in an autoscaling Ray Data actor pool;
+    the rows it returns. ``on_row(row)`` is called for each row as it arrives (progress).
 
     Actors are not restarted by Ray (``max_restarts=0``): every stage that uses this is resumable
     from storage, so its caller retries the stage and only the missing work is redone.
@@ -150,7 +173,12 @@ def map_actor_pool(items: list[dict], actor_cls, constructor_kwargs: dict, *, mi
     out = ds.map_batches(actor_cls, batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None,
                          compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
                          fn_constructor_kwargs=constructor_kwargs, max_restarts=0)
-    return out.take_all()
+    rows = []
+    for row in out.iter_rows():
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
 
 
 def lost_to_the_cluster(exc: BaseException) -> bool:

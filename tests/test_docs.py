@@ -29,8 +29,9 @@ _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
 
 def repo_files(root: Path = ROOT) -> frozenset[str]:
     """Paths (posix, relative to ``root``) of the files git lists: tracked, or untracked and not ignored."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         capture_output=True, check=True).stdout.decode()
+    # safe.directory: a checkout owned by another user than the one running the tests (a CI's clone) is read too
+    out = subprocess.run(["git", "-c", "safe.directory=*", "ls-files", "-z", "--cached", "--others",
+                          "--exclude-standard"], cwd=root, capture_output=True, check=True).stdout.decode()
     return frozenset(p for p in out.split("\0") if p and (root / p).is_file())
 
 

@@ -63,15 +63,13 @@ def test_images_do_not_depend_on_batch_size_in_batch_invariant_mode(ray_local, m
     spec = {**SPEC.__dict__, "batch_invariant": True, "count": 12, "shard_size": 6}
     a = sample_pool(f"{root}/model", f"{root}/inv-a", SampleSpec(**{**spec, "batch_size": 1}), storage_options=opts,
                     **QUIET)
-    b = sample_pool(f"{root}/model", f"{root}/inv-b", SampleSpec(**{**spec, "batch_size": 5}), storage_options=opts,
-                    **QUIET)
-    ia, ib = _images(f"{root}/inv-a", opts)[2], _images(f"{root}/inv-b", opts)[2]
-    assert np.array_equal(ia, ib)
-    # a sample's image is its own: the pool's first 12 samples are the same images in a larger pool
+    ia = _images(f"{root}/inv-a", opts)[2]
+    # batches of 5 (one of them short) in a larger pool: a sample's image is its own, whatever its batch
+    # and the pool's size, so the first 12 are the images drawn one at a time
     c = sample_pool(f"{root}/model", f"{root}/inv-c", SampleSpec(**{**spec, "batch_size": 5, "count": 18}),
                     storage_options=opts, **QUIET)
-    assert np.array_equal(_images(f"{root}/inv-c", opts)[2][:12], ia)
-    assert a["count"] == b["count"] == 12 and c["count"] == 18
+    assert np.array_equal(_images(f"{root}/inv-c", opts)[2][:12], ia) and ia.std() > 0
+    assert a["count"] == 12 and c["count"] == 18
 
 
 def _kill_sampler_actors() -> int:

@@ -1,8 +1,14 @@
 """Stages of independent strategies side by side (cluster.loop.Loop.run_side_by_side) on a simulated
 3-node loopback cluster: the stage records overlap in time across strategies, and the selections and
-metrics equal those of the same run forced one stage after another."""
+metrics equal those of the same run forced one stage after another.
+
+The run one stage after another redoes, in the same run directory, every stage of the three
+strategies (their selections, training sets, models, pools, features and figures are deleted with
+their records first); the stages they all read (ingest, the real set's features and the shared
+generation 1) are kept, so that the two runs differ only where the strategies could run side by side."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +19,7 @@ from collapse import config as cf
 from collapse.data import manifest as mf
 from collapse.plan import plan
 from collapse.schedule import overlaps
+from tests import ray_logs
 from tests.cluster.test_loop import _assert_same_metrics
 
 pytestmark = pytest.mark.slow
@@ -31,11 +38,7 @@ def _collapse_run(cluster, run_dir: Path, *sets: str) -> str:
                         "--address", cluster.address, *(a for s in CHEAP + sets for a in ("--set", s))],
                        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = r.stdout + r.stderr
-    # Ray Train's controller logs a traceback when its PlacementGroupCleaner does not stop within its
-    # timeout ("Failed to stop PlacementGroupCleaner gracefully", seen when trainings end together on
-    # two loaded cores); the training has finished by then. Every other traceback fails the test.
-    ours = "\n".join(line for line in out.splitlines()
-                     if "(TrainController pid=" not in line and "(PlacementGroupCleaner pid=" not in line)
+    ours = ray_logs.ours(out)  # less Ray Train's own harmless warnings (tests/ray_logs.py)
     assert r.returncode == 0 and "Traceback" not in ours, out[-4000:]
     return r.stdout
 
@@ -62,25 +65,32 @@ def _selections(run_dir: Path) -> dict:
 
 
 def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(three_nodes, tmp_path):
-    side = _collapse_run(three_nodes, tmp_path / "side-by-side")
-    seq = _collapse_run(three_nodes, tmp_path / "sequential", "resources.max_parallel_stages=1")
-
-    rec_side, rec_seq = _records(tmp_path / "side-by-side"), _records(tmp_path / "sequential")
-    assert len(rec_side) == len(rec_seq) == 22
+    run_dir = tmp_path / "run"
+    side = _collapse_run(three_nodes, run_dir)
+    rec_side, sel_side, met_side = _records(run_dir), _selections(run_dir), _metrics(run_dir)
+    assert len(rec_side) == 22
     together = _across_strategies(overlaps(rec_side))
     trains = {frozenset(p) for p in together if all(k.endswith("/train") for k in p)}
     # the three trainings of generation 2 (one CPU each, four CPUs on the worker nodes) ran at once
     assert trains == {frozenset((f"{a}/gen-002/train", f"{b}/gen-002/train"))
                       for a, b in (("vanilla", "greedy"), ("vanilla", "tdf"), ("greedy", "tdf"))}, together
     assert "(beside " in side
-    assert overlaps(rec_seq) == [] and "(beside " not in seq
     # a stage starts only after every stage it reads has ended
     by_key = {r["key"]: r for r in rec_side}
-    for st in plan(cf.load_config("tiny", [f"run.run_dir={tmp_path / 'side-by-side'}", *CHEAP])):
+    for st in plan(cf.load_config("tiny", [f"run.run_dir={run_dir}", *CHEAP])):
         assert all(by_key[a]["ended_at"] <= by_key[st.key]["started_at"] for a in st.after), st.key
 
-    assert _selections(tmp_path / "side-by-side") == _selections(tmp_path / "sequential")
-    _assert_same_metrics(_metrics(tmp_path / "sequential"), _metrics(tmp_path / "side-by-side"))
+    # every stage of the strategies again, one after another
+    for s in STRATEGIES:
+        shutil.rmtree(run_dir / s)
+        shutil.rmtree(run_dir / "stages" / s)
+    seq = _collapse_run(three_nodes, run_dir, "resources.max_parallel_stages=1")
+    rec_seq = [r for r in _records(run_dir) if r["key"].split("/")[0] in STRATEGIES]
+    assert len(rec_seq) == 15 and len(_records(run_dir)) == 22
+    assert all(r["started_at"] > max(x["ended_at"] for x in rec_side) for r in rec_seq)  # all of them made again
+    assert overlaps(rec_seq) == [] and "(beside " not in seq
+    assert _selections(run_dir) == sel_side
+    _assert_same_metrics(met_side, _metrics(run_dir))
 
 
 def test_a_local_ray_starts_beside_another_ray_on_the_machine(three_nodes):

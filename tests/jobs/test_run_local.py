@@ -17,7 +17,7 @@ import pytest
 
 from cluster.reaper import MARKER, alive, descendants, marked_pids
 from collapse.data import manifest as mf
-from collapse.data.lease import Lease
+from tests import ray_logs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def _collapse_run(run_dir: str, cwd, *extra, env=None, timeout=600) -> subproces
 def _assert_clean(r: subprocess.CompletedProcess) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
-    assert "Traceback" not in out and "Reporting training result" not in out, out[-4000:]
+    assert "Traceback" not in ray_logs.ours(out) and "Reporting training result" not in out, out[-4000:]
 
 
 def _stage_records(run_dir: Path) -> list[str]:
@@ -44,8 +44,13 @@ def _stage_records(run_dir: Path) -> list[str]:
 def test_relative_run_dir_from_the_repository_root():
     rel = f"runs/test-relative-{uuid.uuid4().hex[:8]}"
     try:
-        r = _collapse_run(rel, ROOT, "--set", "run.generations=1")
+        r = _collapse_run(rel, ROOT, "--set", "run.generations=1", env={"COLLAPSE_PROGRESS_EVERY_S": "0"})
         _assert_clean(r)
+        # progress lines (collapse.progress; every 30 s by default, here at every step and shard)
+        out = r.stdout + r.stderr
+        assert "step 20/20, loss " in out and " steps/s, ETA " in out, out[-3000:]   # a training worker's
+        assert "/pool: 64/64 images, " in out and "images/s" in out, out[-3000:]       # the sample stage's
+        assert "ETA > 0.0" not in out and "min so far, ETA <= " in out
         run_dir = ROOT / rel
         records = _stage_records(run_dir)
         assert records == sorted(["ingest", "classifier", "featurize-real", "shared/gen-001/train-set",
@@ -63,14 +68,6 @@ def test_relative_run_dir_from_the_repository_root():
         shutil.rmtree(ROOT / rel, ignore_errors=True)
 
 
-def test_relative_run_dir_from_another_directory(tmp_path):
-    r = _collapse_run("my-run", tmp_path, "--set", "run.generations=1")
-    _assert_clean(r)
-    records = _stage_records(tmp_path / "my-run")
-    assert "shared/gen-001/train" in records and "shared/gen-001/score" in records
-    assert not (ROOT / "my-run").exists()
-
-
 def _start_time(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -78,18 +75,23 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
+def test_a_relative_run_dir_from_another_directory_killed_with_sigkill_resumes_and_leaves_no_ray_process(tmp_path):
+    """One run, from another working directory with a relative --run-dir: killed with SIGKILL in its
+    sampling stage (its Ray must go with it), then run again with the same command, which takes the
+    killed driver's lease at once and finishes the run where it stopped."""
     token = f"test-{uuid.uuid4().hex}"
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "my-run"
     log = open(tmp_path / "driver.log", "wb")
-    driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(run_dir)],
-                              cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    argv = [sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", "my-run",
+            "--set", "run.generations=1"]
+    driver = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "PYTHONPATH": str(ROOT), MARKER: token})
     try:
         record = run_dir / "stages" / "shared" / "gen-001" / "train" / mf.MANIFEST_NAME
-        deadline = time.time() + 300
+        deadline = time.time() + 400
         while not record.exists():  # Ray is up, with its agents, and Train has run: kill it mid-run
-            assert driver.poll() is None and time.time() < deadline, "the run ended or stalled before training"
+            assert driver.poll() is None and time.time() < deadline, \
+                f"the run ended or stalled before training: {(tmp_path / 'driver.log').read_bytes()[-3000:]!r}"
             time.sleep(0.5)
         time.sleep(2.0)  # into the sampling stage: actors alive
         ray_procs = {**descendants(driver.pid), **{p: _start_time(p) for p in marked_pids(token)}}
@@ -104,12 +106,20 @@ def test_a_driver_killed_with_sigkill_leaves_no_ray_process(tmp_path):
                  for pid in left if Path(f"/proc/{pid}").exists()}
         assert not left, f"left running after the driver's SIGKILL: {names}; " \
                          f"{(tmp_path / 'driver.log').read_bytes()[-3000:].decode(errors='replace')}"
-        # the killed driver held the run's lease; a resubmission on this host takes it at once
-        said = []
-        Lease(str(run_dir), say=said.append).acquire().release()
-        assert len(said) == 1 and f"pid {driver.pid}" in said[0] and "its process is gone" in said[0]
+        assert not (run_dir / "shared" / "gen-001" / "metrics.json").exists()
     finally:
         if driver.poll() is None:
             driver.kill()
         for pid in marked_pids(token):  # only ours, by the marker this test chose
             os.kill(pid, signal.SIGKILL)
+
+    # the same command again: the killed driver held the run's lease; on this host it is taken at once
+    r = _collapse_run("my-run", tmp_path, "--set", "run.generations=1")
+    _assert_clean(r)
+    assert f"pid {driver.pid}" in r.stdout and "its process is gone" in r.stdout, r.stdout[-3000:]
+    # resumed where it stopped: the committed stages are not run again
+    assert "] shared/gen-001/train ..." not in r.stdout and "] shared/gen-001/score ..." in r.stdout, r.stdout[-3000:]
+    records = _stage_records(run_dir)
+    assert "shared/gen-001/train" in records and "shared/gen-001/score" in records
+    assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
+    assert not (ROOT / "my-run").exists()
