@@ -7,13 +7,20 @@ caller commits the manifest once every shard is written. A set already featurize
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
 from cluster.runtime import map_actor_pool
-from collapse.data.features import commit_features, feature_file, has_features, load_features, save_feature_shard
+from collapse.data.features import (
+    commit_features,
+    feature_file,
+    has_features,
+    load_features,
+    save_feature_shard,
+)
 from collapse.data.samples import SampleSet
-
+from collapse.progress import Ticker, images_line
 
 # Extractors without a model (a reshape) or with a small one (the run's classifier, thousands of
 # images per second on one core): cheaper in the driver than an actor pool's start-up. So is any
@@ -64,13 +71,24 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     if has_features(sample_set, extractor, identity):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
+    t0, ticker, seen = time.perf_counter(), Ticker(), {"images": 0}
+
+    def done(count: int) -> None:  # a line at least every 30 s (collapse.progress)
+        seen["images"] += count
+        if ticker.due(final=seen["images"] >= sample_set.count):
+            progress(images_line(f"featurize {set_url} ({extractor})", seen["images"], sample_set.count,
+                                 seen["images"] / (time.perf_counter() - t0)))
     if extractor in IN_DRIVER or (len(sample_set.shards) == 1 and not gpus_per_actor):
         import torch
         f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads(), options=options)
-        records = [f.save(j) for j in range(len(sample_set.shards))]
+        records = []
+        for j in range(len(sample_set.shards)):
+            records.append(f.save(j))
+            done(int(records[-1]["count"]))
     else:
         records = _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor,
-                                 gpus_per_actor, storage_options, options)
+                                 gpus_per_actor, storage_options, options,
+                                 on_row=lambda row: done(int(json.loads(row["record"])["count"])))
     commit_features(sample_set, extractor, records, identity)
     return load_features(sample_set, extractor)
 
@@ -97,11 +115,11 @@ def extractor_identity(options: dict | None, storage_options: dict | None = None
 
 
 def _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,
-                   storage_options, options) -> list[dict]:
+                   storage_options, options, on_row=None) -> list[dict]:
     out = map_actor_pool([{"shard": j} for j in range(len(sample_set.shards))], Featurizer,
                          {"set_url": set_url, "extractor": extractor, "storage_options": storage_options,
                           "threads": max(1, int(cpus_per_actor)), "options": options},
                          min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
-                         gpus_per_actor=gpus_per_actor)
+                         gpus_per_actor=gpus_per_actor, on_row=on_row)
     order = {feature_file(r["name"]): j for j, r in enumerate(sample_set.shards)}
     return sorted((json.loads(row["record"]) for row in out), key=lambda r: order[r["name"]])

@@ -50,6 +50,7 @@ from collapse.errors import ConfigError, DamagedError, DataError, find_damage
 from collapse.metrics import generation_metrics
 from collapse.novelty import nearest_training_distance, real_copy_radius
 from collapse.plan import SHARED, plan, shares_generation_one
+from collapse.progress import ETA
 from collapse.report import render_report
 from collapse.selection import select
 
@@ -508,36 +509,6 @@ class Loop:
                 rows.append({**m, "strategy": name, "shared": st.strategy == SHARED})
         storage.write_bytes(self.L.metrics_log, "".join(json.dumps(r) + "\n" for r in rows).encode(), self.so)
         return rows
-
-
-class ETA:
-    """The time left, from the seconds per unit of work of the stages finished in this process
-    (train: steps; sample, featurize: images; score: scored samples; select: candidates; else: 1)."""
-    UNITS = {"train": "steps", "sample": "pool", "featurize": "images", "score": "generated", "select": "candidates"}
-
-    def __init__(self, side_by_side: bool = False):
-        self.word = "ETA <=" if side_by_side else "ETA"  # the sum of what is left bounds stages that overlap
-        self.rate: dict[str, float] = {}
-        self.seen: dict[str, list[float]] = {}
-
-    def units(self, stage) -> float:
-        key = self.UNITS.get(stage.name)
-        return float(stage.sizes.get(key, 1) or 1) if key else 1.0
-
-    def done(self, stage, wall: float) -> None:
-        work = self.seen.setdefault(stage.name, [0.0, 0.0])
-        work[0], work[1] = work[0] + wall, work[1] + self.units(stage)
-        self.rate[stage.name] = work[0] / work[1]
-
-    def say(self, left: list, elapsed: float) -> str:
-        known = sum(self.rate[s.name] * self.units(s) for s in left if s.name in self.rate)
-        unknown = sorted({s.name for s in left if s.name not in self.rate})
-        text = f"{elapsed / 60:.1f} min so far"
-        if not left:
-            return text
-        if unknown:
-            return text + f", ETA > {known / 60:.1f} min (not timed yet: {', '.join(unknown)})"
-        return text + f", {self.word} {known / 60:.1f} min"
 
 
 def _num(v) -> float | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 
 from cluster.runtime import map_actor_pool
@@ -21,6 +22,7 @@ from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.samples import commit_sample_set, completed_shard
 from collapse.errors import ConfigError, DataError
+from collapse.progress import Ticker, images_line
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ class Sampler:
         return write_shard(self.pool_url, j, samples, config_hash=self.config_hash, storage_options=self.so)
 
 
+def _shard_count(spec: SampleSpec, j: int) -> int:
+    """How many samples shard ``j`` of the pool holds (the last one may be short)."""
+    return min(spec.count, (j + 1) * spec.shard_size) - j * spec.shard_size
+
+
 def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: int = 1, max_actors: int = 1,
                 cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, retries: int = 1, storage_options: dict | None = None,
                 progress=print) -> dict:
@@ -166,6 +173,14 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     progress(f"sample: {spec.count} images in {n_shards} shards ({n_shards - len(missing)} already done) "
              f"with {min_actors}..{max_actors} actor(s)")
     busy, made = 0.0, 0  # seconds the actors spent sampling and writing (start-up excluded), images made
+    todo, t0, ticker = sum(_shard_count(spec, j) for j in missing), time.perf_counter(), Ticker()
+    drawn = {"images": 0}
+
+    def on_row(row) -> None:  # a line at least every 30 s while the actors sample (collapse.progress)
+        drawn["images"] += len(json.loads(row["record"])["keys"])
+        if ticker.due(final=drawn["images"] >= todo):
+            progress(images_line(f"sample {pool_url}", drawn["images"], todo,
+                                 drawn["images"] / (time.perf_counter() - t0)))
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:
@@ -176,7 +191,7 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
                 {"model_url": model_url, "pool_url": pool_url, "spec": dataclasses.asdict(spec), "config_hash": chash,
                  "storage_options": storage_options, "threads": max(1, int(cpus_per_actor))},
                 min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
-                gpus_per_actor=gpus_per_actor)
+                gpus_per_actor=gpus_per_actor, on_row=on_row)
         except Exception as e:  # a lost actor or node: what was written stays, the rest is retried
             if attempt > retries:
                 raise

@@ -136,6 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
     from collapse import diffusion
     from collapse.data.samples import SampleSet
     from collapse.diffusion.batches import global_batch, rank_slots, step_draws
+    from collapse.progress import Ticker, train_line
     from collapse.seeding import stage_seed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (docs/PLATFORM.md)
@@ -184,6 +185,8 @@ def train_loop_per_worker(config: dict) -> None:
         t0, seen, losses, curve = time.perf_counter(), 0, [], []
         t_end = None
         warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
+        # rank 0 prints a line at least every 30 s (Ray sends a worker's stdout to the driver and the job's log)
+        ticker, line_losses, first_step = Ticker(), [], step
         while step < spec.steps:
             rows = global_batch(base_seed, step, spec.batch_size, len(keys))
             t, noise, y = step_draws(scheduler, base_seed, step, image_shape, spec.batch_size,
@@ -204,6 +207,13 @@ def train_loop_per_worker(config: dict) -> None:
                 t_end = time.perf_counter()
             _maybe_fail(step, config.get("fail_at_step"), model_url, so)
             losses.append(loss.detach().float())
+            if rank == 0:
+                line_losses.append(losses[-1])
+                if ticker.due(final=step == spec.steps):
+                    rate = (step - first_step) / (time.perf_counter() - t0)
+                    print(train_line(model_url, step, spec.steps, float(torch.stack(line_losses).mean()), rate),
+                          flush=True)
+                    line_losses = []
             if step % spec.log_every == 0 or step == spec.steps:
                 mean = torch.stack(losses).mean()
                 dist.all_reduce(mean)

@@ -122,15 +122,3 @@ def test_recipe_sizes_match_the_plan_for_every_paradigm():
                           fresh_fraction=cfg.paradigm.fresh_fraction)
             assert p[f"{s.name}/gen-002/select"].sizes["keep"] == r.size == p[f"{s.name}/gen-003/train"].sizes[
                 "train_set"]
-
-
-def test_eta_scales_each_stage_kind_by_its_work():
-    from cluster.loop import ETA
-    p = plan(load_config("tiny"))
-    eta, train, sample = ETA(), p[f"{SHARED}/gen-001/train"], p[f"{SHARED}/gen-001/sample"]
-    eta.done(train, 40.0)                         # 20 steps: 2 s per step
-    left = [p["greedy/gen-002/train"], p["greedy/gen-002/sample"]]
-    assert eta.say(left, 60.0) == "1.0 min so far, ETA > 0.7 min (not timed yet: sample)"
-    eta.done(sample, sample.sizes["pool"] * 0.1)  # 0.1 s per image
-    want = (20 * 2.0 + p["greedy/gen-002/sample"].sizes["pool"] * 0.1) / 60
-    assert eta.say(left, 120.0) == f"2.0 min so far, ETA {want:.1f} min" and eta.say([], 1.0) == "0.0 min so far"

@@ -1,0 +1,98 @@
+"""Progress a person can follow: the run's ETA, and the lines long stages print as they go.
+
+Pure (no Ray, no torch): the driver (cluster.loop), the training workers (cluster.train) and the
+sample stage (cluster.sample) format their lines here.
+
+- :class:`ETA`: the time left of a run, as the work left (the plan's training steps, images and
+  candidates, ``Stage.sizes``) times a rate in seconds per unit. A stage kind's rate is measured in
+  this run once a stage of that kind has finished; until then a stated default stands in, so that
+  the ETA is a number from the first stage on (the line names the kinds still on a default).
+- :class:`Ticker`: says when a long loop is due to print again (every ``every_s`` seconds, and at
+  its end), so that a stage longer than about 30 s prints a line at least every 30 s, and a short
+  one prints none.
+- :func:`train_line`, :func:`images_line`: the lines themselves (step/total, loss, steps/s, ETA;
+  images done/total, images/s).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+#: Seconds between two progress lines of a long stage.
+EVERY_S = 30.0
+
+#: Seconds per unit of work assumed for a stage kind until one of its stages is timed in this run:
+#: about what the tiny and demo UNets take on two CPU cores (a GPU is faster: the measured rate
+#: replaces these after the first stage of each kind). Other stage kinds: seconds per stage.
+DEFAULT_RATES = {"train": 0.25, "sample": 0.1, "featurize": 0.01, "score": 0.002, "select": 0.001}
+DEFAULT_STAGE_S = 2.0
+
+
+class ETA:
+    """The time left, from the seconds per unit of work of the stages finished in this process
+    (train: steps; sample: pool images; featurize: images; score: scored samples; select:
+    candidates; else: 1 per stage), or the stated default of a kind not timed yet."""
+    UNITS = {"train": "steps", "sample": "pool", "featurize": "images", "score": "generated", "select": "candidates"}
+
+    def __init__(self, side_by_side: bool = False):
+        self.word = "ETA <=" if side_by_side else "ETA"  # the sum of what is left bounds stages that overlap
+        self.rate: dict[str, float] = {}
+        self.seen: dict[str, list[float]] = {}
+
+    def units(self, stage) -> float:
+        key = self.UNITS.get(stage.name)
+        return float(stage.sizes.get(key, 1) or 1) if key else 1.0
+
+    def done(self, stage, wall: float) -> None:
+        work = self.seen.setdefault(stage.name, [0.0, 0.0])
+        work[0], work[1] = work[0] + wall, work[1] + self.units(stage)
+        self.rate[stage.name] = work[0] / work[1]
+
+    def seconds_per_unit(self, name: str) -> float:
+        return self.rate.get(name, DEFAULT_RATES.get(name, DEFAULT_STAGE_S))
+
+    def left_s(self, left: list) -> float:
+        return sum(self.seconds_per_unit(s.name) * self.units(s) for s in left)
+
+    def say(self, left: list, elapsed: float) -> str:
+        text = f"{elapsed / 60:.1f} min so far"
+        if not left:
+            return text
+        assumed = sorted({s.name for s in left if s.name not in self.rate})
+        text += f", {self.word} {self.left_s(left) / 60:.1f} min"
+        return text + (f" (default rates until timed: {', '.join(assumed)})" if assumed else "")
+
+
+class Ticker:
+    """``due()`` is True once every ``every_s`` seconds (the first time ``every_s`` after it was made),
+    and for the last item (``final=True``) of a loop that has printed before: a loop shorter than
+    ``every_s`` prints nothing. ``every_s`` defaults to ``COLLAPSE_PROGRESS_EVERY_S`` from the
+    environment, else :data:`EVERY_S`. ``clock``: injectable for tests."""
+
+    def __init__(self, every_s: float | None = None, clock=time.monotonic):
+        self.every_s = float(every_s if every_s is not None else os.environ.get("COLLAPSE_PROGRESS_EVERY_S", EVERY_S))
+        self.clock, self.printed = clock, False
+        self.last = clock()
+
+    def due(self, final: bool = False) -> bool:
+        now = self.clock()
+        if now - self.last >= self.every_s or (final and self.printed):
+            self.last, self.printed = now, True
+            return True
+        return False
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def train_line(what: str, step: int, total: int, loss: float, steps_per_s: float) -> str:
+    """``train <what>: step 120/3000, loss 0.0831, 4.71 steps/s, ETA 10.2 min``."""
+    eta = _minutes((total - step) / steps_per_s) if steps_per_s > 0 else "?"
+    return f"train {what}: step {step}/{total}, loss {loss:.4f}, {steps_per_s:.2f} steps/s, ETA {eta}"
+
+
+def images_line(what: str, done: int, total: int, images_per_s: float) -> str:
+    """``sample <pool>: 640/2000 images, 21.3 images/s, ETA 1.1 min``."""
+    eta = _minutes((total - done) / images_per_s) if images_per_s > 0 else "?"
+    return f"{what}: {done}/{total} images, {images_per_s:.1f} images/s, ETA {eta}"

@@ -1,0 +1,61 @@
+"""The run's ETA and the progress lines of long stages (collapse.progress)."""
+from collapse.config import load_config
+from collapse.plan import SHARED, plan
+from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, Ticker, images_line, train_line
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_eta_is_a_number_from_the_first_stage_on_and_scales_each_kind_by_its_work():
+    p = plan(load_config("tiny"))
+    eta, train, sample = ETA(), p[f"{SHARED}/gen-001/train"], p[f"{SHARED}/gen-001/sample"]
+    left = [p["greedy/gen-002/train"], p["greedy/gen-002/sample"], p["greedy/gen-002/featurize"]]
+    pool, images = left[1].sizes["pool"], left[2].sizes["images"]
+    # nothing timed: the stated defaults, per unit of the plan's work
+    want = (20 * DEFAULT_RATES["train"] + pool * DEFAULT_RATES["sample"] + images * DEFAULT_RATES["featurize"]) / 60
+    assert eta.say(left, 0.0) == f"0.0 min so far, ETA {want:.1f} min (default rates until timed: featurize, sample, " \
+                                 "train)"
+    eta.done(train, 40.0)                         # 20 steps: 2 s per step
+    want = (20 * 2.0 + pool * DEFAULT_RATES["sample"] + images * DEFAULT_RATES["featurize"]) / 60
+    assert eta.say(left, 60.0) == f"1.0 min so far, ETA {want:.1f} min (default rates until timed: featurize, sample)"
+    eta.done(sample, sample.sizes["pool"] * 0.1)  # 0.1 s per image
+    eta.done(p[f"{SHARED}/gen-001/featurize"], 3.0)
+    want = (20 * 2.0 + pool * 0.1 + images * 3.0 / p[f"{SHARED}/gen-001/featurize"].sizes["images"]) / 60
+    assert eta.say(left, 120.0) == f"2.0 min so far, ETA {want:.1f} min" and eta.say([], 1.0) == "0.0 min so far"
+    # a kind without units counts per stage
+    assert ETA().left_s([p["ingest"]]) == DEFAULT_STAGE_S
+    assert ETA(side_by_side=True).say(left[:1], 0.0).startswith("0.0 min so far, ETA <= ")
+
+
+def test_a_ticker_is_due_every_interval_and_at_the_end():
+    clock = Clock()
+    tick = Ticker(30.0, clock)
+    seen = []
+    for step in range(1, 101):
+        clock.t += 1.0                            # a second per step
+        if tick.due(final=step == 100):
+            seen.append(step)
+    assert seen == [30, 60, 90, 100]
+    short = Ticker(30.0, clock)
+    clock.t += 29.0
+    assert not short.due(final=True)              # a loop shorter than the interval prints nothing
+
+
+def test_the_interval_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("COLLAPSE_PROGRESS_EVERY_S", "0")
+    assert Ticker().due() and Ticker(5.0).every_s == 5.0
+    monkeypatch.delenv("COLLAPSE_PROGRESS_EVERY_S")
+    assert Ticker().every_s == 30.0
+
+
+def test_the_lines_say_step_total_loss_rate_and_eta():
+    assert train_line("s3://b/run/shared/gen-001/model", 120, 3000, 0.08312, 4.8) == \
+        "train s3://b/run/shared/gen-001/model: step 120/3000, loss 0.0831, 4.80 steps/s, ETA 10.0 min"
+    assert train_line("m", 10, 20, 0.5, 2.0).endswith("ETA 5 s") and train_line("m", 0, 20, 0.5, 0.0).endswith("ETA ?")
+    assert images_line("sample p", 640, 2000, 20.0) == "sample p: 640/2000 images, 20.0 images/s, ETA 1.1 min"
