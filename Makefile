@@ -6,17 +6,17 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.collapse-installed
 
-.PHONY: demo demo-quick test faults setup system bench
+.PHONY: demo demo-quick test faults setup system system-demo bench
 
 # The main job on the embedded default: a local Ray on 127.0.0.1, a local run directory, and
 # Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden.
 RUN_DIR ?= runs/demo
-demo: setup
+demo: $(STAMP) system-demo
 	$(VENV)/bin/collapse run --config demo --run-dir $(RUN_DIR) $(ARGS)
 
 # A smoke run of the same loop on the tiny preset (minutes; its 20-step models make noise, and the
 # report says so).
-demo-quick: setup
+demo-quick: $(STAMP) system-demo
 	$(VENV)/bin/collapse run --config tiny --run-dir runs/demo-quick $(ARGS)
 
 test: setup
@@ -44,9 +44,13 @@ $(STAMP): pyproject.toml
 	@$(PIP) -e '.[test]' $(QUIET)
 	@touch $(STAMP)
 
-# Debian packages the tests need (Ceph's S3 gateway, Fashion-MNIST); installs only what is missing.
+# Debian packages, installing only what is missing: the tests need Ceph's S3 gateway, Chromium and
+# Fashion-MNIST; the demo only Fashion-MNIST.
 system:
-	@bash infra/install-system.sh
+	@bash infra/install-system.sh test
+
+system-demo:
+	@bash infra/install-system.sh demo
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

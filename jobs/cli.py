@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--seed", type=int, default=0)
     ing.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default 1000)")
     ing.add_argument("--overwrite", action="store_true", help="replace a different earlier import at --out")
-    ing.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    _add_endpoint_url(ing)
     ing.set_defaults(func=cmd_ingest)
 
     from jobs import curate, run
@@ -105,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="entropy, novelty and quality figures of an image set")
     curate.add_score_arguments(sc)
-    sc.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    _add_endpoint_url(sc)
     sc.set_defaults(func=cmd_score)
 
     se = sub.add_parser("select", help="keep N images of a set by entropy-based selection, as a new set")
     curate.add_select_arguments(se)
-    se.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    _add_endpoint_url(se)
     se.set_defaults(func=cmd_select)
 
     from jobs import report
@@ -121,9 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     ve = sub.add_parser("verify", help="check a committed set, or every set of a run, against its manifests "
                         "(exit 1 when something is damaged)")
     ve.add_argument("url", help="a set or a run directory (local path or URL)")
-    ve.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    _add_endpoint_url(ve)
     ve.set_defaults(func=cmd_verify)
     return p
+
+
+def _add_endpoint_url(parser) -> None:
+    """The one spelling of the S3 endpoint option (its value reaches storage through _storage_options)."""
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
 
 
 def main(argv: list[str] | None = None) -> int:
