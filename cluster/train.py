@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -211,8 +212,11 @@ def train_loop_per_worker(config: dict) -> None:
                 line_losses.append(losses[-1])
                 if ticker.due(final=step == spec.steps):
                     rate = (step - first_step) / (time.perf_counter() - t0)
-                    print(train_line(model_url, step, spec.steps, float(torch.stack(line_losses).mean()), rate),
-                          flush=True)
+                    # stdout itself: Ray Train replaces print() in its workers by a logger that also
+                    # tees to a wrapped stdout, which printed every line twice
+                    sys.stdout.write(train_line(model_url, step, spec.steps, float(torch.stack(line_losses).mean()),
+                                                rate) + "\n")
+                    sys.stdout.flush()
                     line_losses = []
             if step % spec.log_every == 0 or step == spec.steps:
                 mean = torch.stack(losses).mean()
