@@ -185,8 +185,16 @@ class _FileLock:
 
     def __enter__(self):
         import fcntl
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        run_dir = os.path.dirname(self.path) or "."
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileExistsError, NotADirectoryError):  # the run directory, or a folder above it, is a file
+            blocking = run_dir
+            while not os.path.exists(blocking) and os.path.dirname(blocking) != blocking:
+                blocking = os.path.dirname(blocking)
+            raise StorageError(f"the run directory {run_dir!r} cannot hold a run: {blocking!r} is a file, not a "
+                               "directory; give another --run-dir") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 

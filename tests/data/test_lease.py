@@ -303,3 +303,14 @@ def test_a_lease_whose_create_answer_is_lost_was_refused_before_the_fix(moto_buc
                                                                                                  expect))
     with pytest.raises(LeaseHeldError, match=f"pid {os.getpid()}"):
         Lease(f"{bucket}/run", {**endpoint.storage_options, "skip_instance_cache": True}).acquire()
+
+
+def test_a_run_directory_that_is_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(StorageError) as e:
+        _lease(str(tmp_path / "run")).acquire()
+    assert str(tmp_path / "run") in str(e.value) and "is a file, not a directory" in str(e.value)
+    assert (tmp_path / "run").read_text() == "not a directory"  # nothing was touched
+    with pytest.raises(StorageError) as e:  # a file further up, too: that file is named
+        _lease(str(tmp_path / "run" / "deeper")).acquire()
+    assert f"{str(tmp_path / 'run')!r} is a file, not a directory" in str(e.value)
