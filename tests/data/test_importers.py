@@ -109,9 +109,15 @@ def test_webdataset_source(tmp_path):
     ingest(f"wds:{tmp_path}/foreign-{{000..000}}.tar", str(tmp_path / "w"), **QUIET)
     _, images, metas = open_sample_set(str(tmp_path / "w/train")).load()
     assert sorted(m["label"] for m in metas) == [0, 1, 2, 3] and images.shape == (4, 6, 6)
-    path.write_bytes(path.read_bytes()[:700])
-    with pytest.raises(DataError, match="foreign-000.tar"):
-        ingest(f"wds:{path}", str(tmp_path / "w2"), **QUIET)
+    whole = path.read_bytes()
+    # cut inside the first member's data; inside the second member's header (tarfile alone read 1 sample
+    # and stopped quietly); at a member's end, with no end-of-archive marker: each refused, nothing committed
+    for cut, message in ((700, "not a readable tar shard"), (1200, "cut short after 1 sample"),
+                         (2048, "cut short after 1 sample")):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(DataError, match=f"foreign-000.tar: .*{message}"):
+            ingest(f"wds:{path}", str(tmp_path / f"w-{cut}"), **QUIET)
+        assert not (tmp_path / f"w-{cut}" / "train" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [
