@@ -12,15 +12,10 @@ import time
 import numpy as np
 
 from cluster.runtime import map_actor_pool
-from collapse.data.features import (
-    commit_features,
-    feature_file,
-    has_features,
-    load_features,
-    save_feature_shard,
-)
+from collapse.data.features import commit_features, feature_file, has_features, load_features, save_feature_shard
 from collapse.data.samples import SampleSet
 from collapse.progress import Ticker, images_line
+
 
 # Extractors without a model (a reshape) or with a small one (the run's classifier, thousands of
 # images per second on one core): cheaper in the driver than an actor pool's start-up. So is any

@@ -174,13 +174,13 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
              f"with {min_actors}..{max_actors} actor(s)")
     busy, made = 0.0, 0  # seconds the actors spent sampling and writing (start-up excluded), images made
     todo, t0, ticker = sum(_shard_count(spec, j) for j in missing), time.perf_counter(), Ticker()
-    drawn = {"images": 0}
+    sampled = {"images": 0}  # images of this call's shards written so far, for the progress line
 
     def on_row(row) -> None:  # a line at least every 30 s while the actors sample (collapse.progress)
-        drawn["images"] += len(json.loads(row["record"])["keys"])
-        if ticker.due(final=drawn["images"] >= todo):
-            progress(images_line(f"sample {pool_url}", drawn["images"], todo,
-                                 drawn["images"] / (time.perf_counter() - t0)))
+        sampled["images"] += len(json.loads(row["record"])["keys"])
+        if ticker.due(final=sampled["images"] >= todo):
+            progress(images_line(f"sample {pool_url}", sampled["images"], todo,
+                                 sampled["images"] / (time.perf_counter() - t0)))
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:

@@ -211,8 +211,9 @@ def _foreign_samples(data: bytes, url: str):
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f"{url}: not a readable tar shard ({e})") from e
     # Python's tarfile ends quietly at a header cut short: a shard cut after its first member (a partial
-    # upload) would read as a shorter set. A whole tar ends with two zero blocks of 512 bytes (POSIX).
-    if data[end:end + 1024] != bytes(1024):
+    # upload) would read as a shorter set. A whole tar ends with zero blocks of 512 bytes (POSIX: two;
+    # one is enough here, since what follows the first is no member).
+    if data[end:end + 512] != bytes(512):
         raise DataError(f"{url}: the tar shard is cut short after {len(groups)} sample(s) ({len(data)} bytes, no "
                         f"end-of-archive marker at byte {end}): a partial upload or copy? Write it again whole")
     for key, parts in groups.items():
