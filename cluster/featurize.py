@@ -7,14 +7,13 @@ caller commits the manifest once every shard is written. A set already featurize
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
 from cluster.runtime import map_actor_pool
 from collapse.data.features import commit_features, feature_file, has_features, load_features, save_feature_shard
 from collapse.data.samples import SampleSet
-from collapse.progress import Ticker, images_line
+from collapse.progress import ImagesProgress
 
 
 # Extractors without a model (a reshape) or with a small one (the run's classifier, thousands of
@@ -66,24 +65,18 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     if has_features(sample_set, extractor, identity):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
-    t0, ticker, seen = time.perf_counter(), Ticker(), {"images": 0}
-
-    def done(count: int) -> None:  # a line at least every 30 s (collapse.progress)
-        seen["images"] += count
-        if ticker.due(final=seen["images"] >= sample_set.count):
-            progress(images_line(f"featurize {set_url} ({extractor})", seen["images"], sample_set.count,
-                                 seen["images"] / (time.perf_counter() - t0)))
+    done = ImagesProgress(f"featurize {set_url} ({extractor})", sample_set.count, progress)  # every 30 s
     if extractor in IN_DRIVER or (len(sample_set.shards) == 1 and not gpus_per_actor):
         import torch
         f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads(), options=options)
         records = []
         for j in range(len(sample_set.shards)):
             records.append(f.save(j))
-            done(int(records[-1]["count"]))
+            done.add(records[-1]["count"])
     else:
         records = _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor,
                                  gpus_per_actor, storage_options, options,
-                                 on_row=lambda row: done(int(json.loads(row["record"])["count"])))
+                                 on_row=lambda row: done.add(json.loads(row["record"])["count"]))
     commit_features(sample_set, extractor, records, identity)
     return load_features(sample_set, extractor)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 
 from cluster.runtime import map_actor_pool
@@ -22,7 +21,7 @@ from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.samples import commit_sample_set, completed_shard
 from collapse.errors import ConfigError, DataError
-from collapse.progress import Ticker, images_line
+from collapse.progress import ImagesProgress
 
 
 @dataclass(frozen=True)
@@ -173,14 +172,8 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
     progress(f"sample: {spec.count} images in {n_shards} shards ({n_shards - len(missing)} already done) "
              f"with {min_actors}..{max_actors} actor(s)")
     busy, made = 0.0, 0  # seconds the actors spent sampling and writing (start-up excluded), images made
-    todo, t0, ticker = sum(_shard_count(spec, j) for j in missing), time.perf_counter(), Ticker()
-    sampled = {"images": 0}  # images of this call's shards written so far, for the progress line
-
-    def on_row(row) -> None:  # a line at least every 30 s while the actors sample (collapse.progress)
-        sampled["images"] += len(json.loads(row["record"])["keys"])
-        if ticker.due(final=sampled["images"] >= todo):
-            progress(images_line(f"sample {pool_url}", sampled["images"], todo,
-                                 sampled["images"] / (time.perf_counter() - t0)))
+    # a line at least every 30 s while the actors sample (collapse.progress)
+    sampled = ImagesProgress(f"sample {pool_url}", sum(_shard_count(spec, j) for j in missing), progress)
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:
@@ -191,7 +184,8 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
                 {"model_url": model_url, "pool_url": pool_url, "spec": dataclasses.asdict(spec), "config_hash": chash,
                  "storage_options": storage_options, "threads": max(1, int(cpus_per_actor))},
                 min_actors=min_actors, max_actors=max_actors, cpus_per_actor=cpus_per_actor,
-                gpus_per_actor=gpus_per_actor, on_row=on_row)
+                gpus_per_actor=gpus_per_actor,
+                on_row=lambda row: sampled.add(len(json.loads(row["record"])["keys"])))
         except Exception as e:  # a lost actor or node: what was written stays, the rest is retried
             if attempt > retries:
                 raise

@@ -1,7 +1,7 @@
 """Progress a person can follow: the run's ETA, and the lines long stages print as they go.
 
 Pure (no Ray, no torch): the driver (cluster.loop), the training workers (cluster.train) and the
-sample stage (cluster.sample) format their lines here.
+sample and featurize stages (cluster.sample, cluster.featurize) format their lines here.
 
 - :class:`ETA`: the time left of a run, as the work left (the plan's training steps, images and
   candidates, ``Stage.sizes``) times a rate in seconds per unit. A stage kind's rate is measured in
@@ -11,7 +11,8 @@ sample stage (cluster.sample) format their lines here.
   its end), so that a stage longer than about 30 s prints a line at least every 30 s, and a short
   one prints none.
 - :func:`train_line`, :func:`images_line`: the lines themselves (step/total, loss, steps/s, ETA;
-  images done/total, images/s).
+  images done/total, images/s); :class:`ImagesProgress` counts a stage's images as its shards arrive
+  and says an images line when its ticker is due.
 """
 from __future__ import annotations
 
@@ -96,3 +97,17 @@ def images_line(what: str, done: int, total: int, images_per_s: float) -> str:
     """``sample <pool>: 640/2000 images, 21.3 images/s, ETA 1.1 min``."""
     eta = _minutes((total - done) / images_per_s) if images_per_s > 0 else "?"
     return f"{what}: {done}/{total} images, {images_per_s:.1f} images/s, ETA {eta}"
+
+
+class ImagesProgress:
+    """A stage's images as its shards arrive: ``add(count)`` after each shard; ``say`` gets an
+    :func:`images_line` whenever the ticker is due (and at the end of a stage that printed before)."""
+
+    def __init__(self, what: str, total: int, say, ticker: Ticker | None = None):
+        self.what, self.total, self.say = what, int(total), say
+        self.ticker, self.done, self.t0 = ticker or Ticker(), 0, time.perf_counter()
+
+    def add(self, count: int) -> None:
+        self.done += int(count)
+        if self.ticker.due(final=self.done >= self.total):
+            self.say(images_line(self.what, self.done, self.total, self.done / (time.perf_counter() - self.t0)))

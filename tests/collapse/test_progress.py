@@ -1,7 +1,7 @@
 """The run's ETA and the progress lines of long stages (collapse.progress)."""
 from collapse.config import load_config
 from collapse.plan import SHARED, plan
-from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, Ticker, images_line, train_line
+from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, ImagesProgress, Ticker, images_line, train_line
 
 
 class Clock:
@@ -59,3 +59,16 @@ def test_the_lines_say_step_total_loss_rate_and_eta():
         "train s3://b/run/shared/gen-001/model: step 120/3000, loss 0.0831, 4.80 steps/s, ETA 10.0 min"
     assert train_line("m", 10, 20, 0.5, 2.0).endswith("ETA 5 s") and train_line("m", 0, 20, 0.5, 0.0).endswith("ETA ?")
     assert images_line("sample p", 640, 2000, 20.0) == "sample p: 640/2000 images, 20.0 images/s, ETA 1.1 min"
+
+
+def test_images_progress_counts_shards_and_says_a_line_when_due():
+    clock, said = Clock(), []
+    p = ImagesProgress("sample pool", 100, said.append, Ticker(30.0, clock))
+    for _ in range(4):                            # 25 images every 20 s
+        clock.t += 20.0
+        p.add(25)
+    assert [line.split(",")[0] for line in said] == ["sample pool: 50/100 images", "sample pool: 100/100 images"]
+    quiet = []
+    short = ImagesProgress("featurize set", 10, quiet.append, Ticker(30.0, clock))
+    short.add(10)                                 # done before the interval: no line
+    assert quiet == []
