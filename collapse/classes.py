@@ -30,6 +30,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from collapse.entropy import kl_entropy
+from collapse.errors import check_int
 from collapse.novelty import within
 from collapse.seeding import sample_seed
 
@@ -52,8 +53,7 @@ def check_labels(labels, num_classes: int, what: str) -> np.ndarray:
 def assign_labels(run_seed: int, generation: int, indices: Sequence[int], num_classes: int,
                   weights: Sequence[float] = ()) -> list[int]:
     """The conditioning label of each sample index (module docstring); a function of identity only."""
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    check_int(num_classes, "num_classes", low=2)
     if not weights:
         return [int(i) % num_classes for i in indices]
     p = np.asarray(weights, dtype=np.float64)

@@ -11,7 +11,8 @@ paradigm fresh, features/tau0/alpha on kinds that do not use them, a tdf without
 every feature extractor the run uses, where the driver runs (collapse.features' probes).
 
 The config types and their allowed values (field metadata) live in :mod:`collapse.config`, which
-also exports ``validate``: import it from there.
+this module imports (never the other way); :mod:`collapse.config_load` validates every config it
+loads with ``validate``.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ import re
 import typing
 
 from collapse.config import (
-    DISTANCE_KINDS, NAME_RE, RESERVED_NAMES, SOURCES, RunConfig, Strategy, _fields, _members,
+    DISTANCE_KINDS, NAME_RE, RESERVED_NAMES, SOURCES, RunConfig, Strategy, hint_members, section_fields,
 )
-from collapse import paradigms as pd
+from collapse import paradigms
 from collapse.data.storage import SUPPORTED_SCHEMES, scheme_of
 from collapse.errors import ConfigError
 from collapse.paradigms import KINDS, SELECTING
@@ -58,11 +59,11 @@ def _type_name(hint) -> str:
     names = {int: "an int", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
     if typing.get_origin(hint) is tuple:
         return f"a list of {_type_name(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
-    return " or ".join(names.get(h, getattr(h, "__name__", str(h))) for h in _members(hint))
+    return " or ".join(names.get(h, getattr(h, "__name__", str(h))) for h in hint_members(hint))
 
 
 def _is(value, hint) -> bool:
-    for h in _members(hint):
+    for h in hint_members(hint):
         if typing.get_origin(h) is tuple:
             ok = isinstance(value, tuple) and all(_is(v, typing.get_args(h)[0]) for v in value)
         elif h in (int, float):
@@ -76,7 +77,7 @@ def _is(value, hint) -> bool:
 
 def _check_section(obj, path: str) -> None:
     """The type, then the allowed values (field metadata) of every field of one section."""
-    for f, hint in zip(dataclasses.fields(obj), _fields(type(obj)).values()):
+    for f, hint in zip(dataclasses.fields(obj), section_fields(type(obj)).values()):
         key, value, allowed = f"{path}.{f.name}", getattr(obj, f.name), f.metadata.get("allowed")
         _need(_is(value, hint), key, f"expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
         if isinstance(allowed, tuple):
@@ -88,13 +89,13 @@ def _check_section(obj, path: str) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """Raise a ConfigError naming the first bad key, what it holds and the allowed values; else return cfg."""
     _need(isinstance(cfg, RunConfig), "config", f"expected a RunConfig, got {type(cfg).__name__}")
-    for name in _fields(RunConfig):
+    for name in section_fields(RunConfig):
         if name != "strategies":
             section = getattr(cfg, name)
-            _need(isinstance(section, _fields(RunConfig)[name]), name, f"expected a mapping, got {section!r}")
+            _need(isinstance(section, section_fields(RunConfig)[name]), name, f"expected a mapping, got {section!r}")
             _check_section(section, name)
     presets, extractors = _registries()
-    r, d, m, t, s, p, mt = cfg.run, cfg.data, cfg.model, cfg.train, cfg.sample, cfg.paradigm, cfg.metrics
+    r, d, m, t, p, mt = cfg.run, cfg.data, cfg.model, cfg.train, cfg.paradigm, cfg.metrics
     _need(bool(NAME_RE.match(r.name)), "run.name", f"{r.name!r}: allowed: lower-case letters, digits, '_', '-'")
     _need(isinstance(r.run_dir, str) and scheme_of(r.run_dir) in SUPPORTED_SCHEMES, "run.run_dir",
           f"{r.run_dir!r} has an unsupported URL scheme; allowed: a local path or "
@@ -135,7 +136,7 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"{res.sampler_max_actors} < sampler_min_actors={res.sampler_min_actors}; allowed: >= the minimum")
     _need(t.batch_size % res.train_workers == 0, "train.batch_size", f"{t.batch_size} does not divide by "
           f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
-    _check_source_size(d.source, pd.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
+    _check_source_size(d.source, paradigms.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
     _check_extractor_paths(cfg.extractors)
     return cfg
 

@@ -22,7 +22,8 @@ import math
 import numpy as np
 from scipy.special import digamma
 
-from collapse.knn import as_rows, check_int, knn
+from collapse.errors import check_int
+from collapse.knn import as_rows, knn
 
 DUPLICATE_EPS = 1e-10  # the reference code's guard inside the log
 
@@ -52,8 +53,8 @@ def entropy_from_radii(r_k, d: int, k: int = 1, *, eps: float = DUPLICATE_EPS) -
         raise ValueError(f"r_k must be a 1-D array of at least 2 distances, got shape {r.shape}")
     if not np.isfinite(r).all() or (r < 0).any():
         raise ValueError("r_k must hold finite distances >= 0")
-    if isinstance(d, bool) or int(d) != d or d < 1 or isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"d and k must be integers >= 1, got d={d!r}, k={k!r}")
+    check_int(d, "d", low=1)
+    check_int(k, "k", low=1)
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     zeros = int((r == 0).sum())

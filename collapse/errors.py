@@ -1,4 +1,9 @@
-"""Errors a user sees. Each message names the input and what was expected."""
+"""Errors a user sees. Each message names the input and what was expected.
+
+``check_int(value, name, low, high)`` is the one check that an argument is an integer in range
+(every module's counts, sizes, seeds and indices): a ValueError naming it otherwise.
+"""
+import operator
 
 
 class CollapseError(Exception):
@@ -49,3 +54,21 @@ def find_damage(exc: BaseException) -> tuple[str, str] | None:
             return m.group(2), m.group(1)
         e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
     return None
+
+
+def check_int(value, name: str, low: int = 0, high: int | None = None) -> int:
+    """``value`` as a Python int in ``[low, high]`` (``high`` None: no upper bound); else a ValueError
+    naming ``name``, the allowed range and what was given.
+
+    Python and numpy integers are accepted (anything with ``__index__``); a bool is refused (True is
+    not a count), and so is every float, 3.0 included, and a string."""
+    want = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {want}, got the bool {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {want}, got {type(value).__name__} {value!r}") from None
+    if n < low or (high is not None and n > high):
+        raise ValueError(f"{name} must be {want}, got {n}")
+    return n

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from collapse.errors import CollapseError
+from collapse.errors import CollapseError, check_int
 from collapse.knn import resolve_device
 from collapse.registry import registrar
 
@@ -120,8 +120,7 @@ class TorchExtractor:
     """A network on images: uint8 NHWC batches -> preprocess -> embed -> float32 (N, dim)."""
 
     def __init__(self, name: str, dim: int, embed: Callable, preprocess: Callable, device, batch_size: int):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size", low=1)
         self.name, self.dim, self.device, self.batch_size = name, dim, device, batch_size
         self._embed, self._preprocess = embed, preprocess
 

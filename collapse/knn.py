@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from collapse.errors import check_int
+
 _MAX_REFINE_ELEMS = 1 << 23  # float64 elements held at once while refining (64 MiB)
 
 
@@ -192,7 +194,3 @@ def _sort_rows(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     o = np.argsort(d, axis=1, kind="stable")
     return np.take_along_axis(d, o, 1), np.take_along_axis(i, o, 1)
 
-
-def check_int(v, name: str, low: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")

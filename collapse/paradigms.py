@@ -40,6 +40,7 @@ from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from collapse.errors import check_int
 from collapse.registry import registrar
 
 KINDS = ("vanilla", "vanilla-pool", "random", "greedy", "tdf")
@@ -176,20 +177,14 @@ def _how(kind: str, n_candidates: int, n_free: int) -> tuple[int, str]:
 
 # -- counts
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 def pool_size(N: int, pool_factor: int) -> int:
     """Candidates a strategy samples per generation: k*N (vanilla has k = 1)."""
-    return _positive_int("N", N) * _positive_int("pool_factor", pool_factor)
+    return check_int(N, "N", low=1) * check_int(pool_factor, "pool_factor", low=1)
 
 
 def fresh_count(N: int, fresh_fraction: float) -> int:
     """F = round(fresh_fraction * N), the fresh real images of each generation; 1 <= F <= N - 1."""
-    F = int(round(float(fresh_fraction) * _positive_int("N", N)))
+    F = int(round(float(fresh_fraction) * check_int(N, "N", low=1)))
     if not 1 <= F <= N - 1:
         raise ValueError(f"fresh_fraction={fresh_fraction} gives F={F} fresh images of N={N}; "
                          f"need 1 <= F <= N - 1")
@@ -198,10 +193,10 @@ def fresh_count(N: int, fresh_fraction: float) -> int:
 
 def real_needed(paradigm: str, N: int, generations: int, fresh_fraction: float = 0.0) -> int:
     """Real training images to import: N, plus F for each of D_2..D_G under ``fresh``."""
-    generations = _positive_int("generations", generations)
+    generations = check_int(generations, "generations", low=1)
     if paradigm == "fresh":
         return N + (generations - 1) * fresh_count(N, fresh_fraction)
-    return _positive_int("N", N)
+    return check_int(N, "N", low=1)
 
 
 def recipe(paradigm: str, n: int, *, N: int, kind: str, pool_factor: int, fresh_fraction: float = 0.0) -> Recipe:
@@ -210,8 +205,8 @@ def recipe(paradigm: str, n: int, *, N: int, kind: str, pool_factor: int, fresh_
         raise ValueError(f"unknown paradigm {paradigm!r}; known: {sorted(PARADIGMS)}")
     if kind not in KINDS:
         raise ValueError(f"unknown strategy kind {kind!r}; known: {list(KINDS)}")
-    n, k = _positive_int("n", n), _positive_int("pool_factor", pool_factor)
-    _positive_int("N", N)
+    n, k = check_int(n, "n", low=1), check_int(pool_factor, "pool_factor", low=1)
+    check_int(N, "N", low=1)
     if kind == "vanilla" and k != 1:
         raise ValueError(f"vanilla samples N and keeps them: pool_factor must be 1, got {k}")
     F = fresh_count(N, fresh_fraction) if paradigm == "fresh" else 0
@@ -224,8 +219,8 @@ def recipe(paradigm: str, n: int, *, N: int, kind: str, pool_factor: int, fresh_
 
 def train_set_size(paradigm: str, n: int, *, N: int, kind: str, pool_factor: int, fresh_fraction: float = 0.0) -> int:
     """|D_n| for generation n >= 1 (N except under accumulate-grow and for vanilla-pool)."""
-    if _positive_int("n", n) == 1:
-        return _positive_int("N", N)
+    if check_int(n, "n", low=1) == 1:
+        return check_int(N, "N", low=1)
     return recipe(paradigm, n - 1, N=N, kind=kind, pool_factor=pool_factor, fresh_fraction=fresh_fraction).size
 
 
@@ -233,7 +228,7 @@ def train_set_size(paradigm: str, n: int, *, N: int, kind: str, pool_factor: int
 
 def initial_training_set(real_keys: Sequence[str], N: int) -> tuple[str, ...]:
     """D_1: the first N keys of the real reservoir."""
-    if len(real_keys) < _positive_int("N", N):
+    if len(real_keys) < check_int(N, "N", low=1):
         raise ValueError(f"the real set has {len(real_keys)} keys, fewer than N={N}")
     return tuple(real_keys[:N])
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from collapse.knn import as_rows, check_int, knn, pair_distance, resolve_device
+from collapse.errors import check_int
+from collapse.knn import as_rows, knn, pair_distance, resolve_device
 
 _ROUNDING = 1e-9  # relative error bound of |p|^2 + |c|^2 - 2 p.c in float64, generously
 

@@ -25,29 +25,17 @@ separates the two families, so no sample seed equals a stage seed by constructio
 """
 from __future__ import annotations
 
-import operator
 import zlib
 
 import numpy as np
 import torch
 
+from collapse.errors import check_int
+
 SAMPLE_STREAM = "sample"  # the default stream: a candidate image of the pool
 _SAMPLE_FAMILY, _STAGE_FAMILY = 0, 1
 _INT_STREAM, _NAMED_STREAM = 0, 1
 _MAX_SEED = 2**64 - 1
-
-
-def _natural(name: str, value) -> int:
-    """``value`` as a Python int >= 0 (numpy ints accepted, bools and floats refused)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a non-negative int, got the bool {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative int, got {type(value).__name__} {value!r}") from None
-    if n < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {n}")
-    return n
 
 
 def _stream_key(stream: str | int) -> tuple[int, int]:
@@ -56,7 +44,7 @@ def _stream_key(stream: str | int) -> tuple[int, int]:
         if not stream:
             raise ValueError("stream must be a non-empty name or a non-negative int, got ''")
         return _NAMED_STREAM, zlib.crc32(stream.encode("utf-8"))
-    return _INT_STREAM, _natural("stream", stream)
+    return _INT_STREAM, check_int(stream, "stream", low=0)
 
 
 def _derive(run_seed: int, key: tuple[int, ...]) -> int:
@@ -71,8 +59,9 @@ def sample_seed(run_seed: int, generation: int, index: int, stream: str | int = 
     candidates (``"sample"``) and an extra draw a strategy might need; the same arguments always
     give the same seed, in any process.
     """
-    run_seed = _natural("run_seed", run_seed)
-    key = (_SAMPLE_FAMILY, *_stream_key(stream), _natural("generation", generation), _natural("index", index))
+    run_seed = check_int(run_seed, "run_seed", low=0)
+    generation, index = check_int(generation, "generation", low=0), check_int(index, "index", low=0)
+    key = (_SAMPLE_FAMILY, *_stream_key(stream), generation, index)
     return _derive(run_seed, key)
 
 
@@ -89,8 +78,9 @@ def stage_seed(run_seed: int, generation: int, purpose: str) -> int:
     """
     if not isinstance(purpose, str) or not purpose:
         raise ValueError(f"purpose must be a non-empty str such as 'selection', got {purpose!r}")
-    run_seed = _natural("run_seed", run_seed)
-    key = (_STAGE_FAMILY, _NAMED_STREAM, zlib.crc32(purpose.encode("utf-8")), _natural("generation", generation))
+    run_seed = check_int(run_seed, "run_seed", low=0)
+    generation = check_int(generation, "generation", low=0)
+    key = (_STAGE_FAMILY, _NAMED_STREAM, zlib.crc32(purpose.encode("utf-8")), generation)
     return _derive(run_seed, key)
 
 
@@ -100,7 +90,7 @@ def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gene
     The same seed gives the same stream on the same device type; CPU and CUDA streams differ,
     which is why the sampler draws its noise from CPU generators.
     """
-    seed = _natural("seed", seed)
+    seed = check_int(seed, "seed", low=0)
     if seed > _MAX_SEED:
         raise ValueError(f"seed must be < 2**64, got {seed}")
     return torch.Generator(device=device).manual_seed(seed)

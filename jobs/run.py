@@ -46,13 +46,14 @@ def _print_extractors(cfg) -> int:
 
 
 def main(args) -> int:
-    from collapse import config as cf
+    from collapse import config
     from collapse.plan import format_plan, plan
+    from jobs.presets import load_config
     # load_config makes run.run_dir absolute (Ray Train workers and actors run in other directories)
     overrides = list(args.overrides) + ([f"run.run_dir={args.run_dir}"] if args.run_dir else [])
-    cfg = cf.load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
     if args.dry_run:
-        print(cf.to_yaml(cfg))
+        print(config.to_yaml(cfg))
         print(format_plan(plan(cfg)))
         return _print_extractors(cfg)
     import os
@@ -69,7 +70,8 @@ def main(args) -> int:
     try:
         if args.address:
             os.environ["RAY_ADDRESS"] = args.address  # before cluster/ imports ray (see cluster/__init__.py)
-        from cluster.loop import Loop, summary_table
+        from cluster.loop import Loop
+        from collapse.report.table import summary_table
         from cluster.runtime import connect
         t0 = time.perf_counter()
         connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
@@ -78,7 +80,7 @@ def main(args) -> int:
     finally:
         if lease is not None:
             lease.release()
-    print(f"\nrun {loop.L.root} finished in {time.perf_counter() - t0:.0f} s; metrics: {loop.L.metrics_log}")
+    print(f"\nrun {loop.layout.root} finished in {time.perf_counter() - t0:.0f} s; metrics: {loop.layout.metrics_log}")
     for space in cfg.metrics.features:
         print(f"\nlast generation, {space} space:\n{summary_table(rows, space)}")
     return 0

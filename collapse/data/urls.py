@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from collapse.data.storage import join, scheme_of
+from collapse.errors import check_int
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
@@ -73,9 +74,7 @@ def absolute_source(spec: str, cwd: str | None = None) -> str:
 
 
 def gen_dir(generation: int) -> str:
-    if generation < 1:
-        raise ValueError(f"generation must be >= 1, got {generation}")
-    return f"gen-{generation:03d}"
+    return f"gen-{check_int(generation, 'generation', low=1):03d}"
 
 
 def shard_name(index: int) -> str:

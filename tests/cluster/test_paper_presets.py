@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from collapse import config as cf
 from collapse.data import manifest as mf
 from collapse.plan import plan
+from jobs.presets import load_config
 from tests import ray_logs
 from tests.paper_data import random_dinov2_dir, random_inception_file, write_cifar10_archive
 
@@ -85,7 +85,7 @@ def test_paper_preset_runs_end_to_end_on_a_cpu(preset, weights, ray_head, tmp_pa
     assert r.returncode == 0 and "Traceback" not in ray_logs.ours(out), out[-5000:]
 
     # every stage of the plan committed, the preset's model and feature spaces used
-    planned = plan(cf.load_config(preset, [*sets, f"run.run_dir={run_dir}"]))
+    planned = plan(load_config(preset, [*sets, f"run.run_dir={run_dir}"]))
     committed = list((run_dir / "stages").rglob(mf.MANIFEST_NAME))
     assert sorted(str(p.parent.relative_to(run_dir / "stages")) for p in committed) == \
         sorted(st.key for st in planned), sorted(str(p) for p in committed)

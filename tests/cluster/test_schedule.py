@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from collapse import config as cf
 from collapse.data import manifest as mf
 from collapse.plan import plan
 from collapse.schedule import overlaps
+from jobs.presets import load_config
 from tests import ray_logs
 from tests.cluster.test_loop import _assert_same_metrics
 
@@ -77,7 +77,7 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
     assert "(beside " in side
     # a stage starts only after every stage it reads has ended
     by_key = {r["key"]: r for r in rec_side}
-    for st in plan(cf.load_config("tiny", [f"run.run_dir={run_dir}", *CHEAP])):
+    for st in plan(load_config("tiny", [f"run.run_dir={run_dir}", *CHEAP])):
         assert all(by_key[a]["ended_at"] <= by_key[st.key]["started_at"] for a in st.after), st.key
 
     # every stage of the strategies again, one after another

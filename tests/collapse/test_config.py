@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from collapse.config import (
-    EXECUTION_KEYS, RunConfig, Strategy, TrainSection, config_hash, diff, extendable, list_presets, load_config,
-    to_dict, to_yaml, validate,
+    EXECUTION_KEYS, RunConfig, Strategy, TrainSection, config_hash, diff, extendable, to_dict, to_yaml,
 )
+from collapse.config_checks import validate
 from collapse.errors import CollapseError, ConfigError
+from jobs.presets import list_presets, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PRESETS = list_presets()
@@ -88,6 +89,23 @@ def test_a_preset_inherits_from_its_base(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_the_loader_takes_its_presets_directory_from_the_caller(tmp_path):
+    """collapse reads no presets of its own (jobs.presets names jobs/presets/); any directory serves."""
+    import collapse.config
+    import jobs.presets
+    from collapse import config_load
+    (tmp_path / "small.yaml").write_text("run: {name: small}\ntrain: {steps: 7}\n")
+    (tmp_path / "smaller.yaml").write_text("base: small\nrun: {name: smaller}\n")
+    assert config_load.list_presets(tmp_path) == ["small", "smaller"]
+    cfg = config_load.load_config("smaller", ["data.n=50"], presets_dir=tmp_path)
+    assert (cfg.run.name, cfg.train.steps, cfg.data.n) == ("smaller", 7, 50)
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'; known presets: small, smaller"):
+        config_load.load_config("tiny", presets_dir=tmp_path)
+    assert jobs.presets.PRESETS_DIR == ROOT / "jobs" / "presets" and "tiny" in jobs.presets.list_presets()
+    assert jobs.presets.load_config("tiny") == config_load.load_config("tiny", presets_dir=ROOT / "jobs" / "presets")
+    assert not hasattr(collapse.config, "PRESETS_DIR") and not hasattr(collapse.config, "validate")
 
 
 # -- bad input: (overrides, key named in the error, allowed values named in it)

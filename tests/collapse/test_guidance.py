@@ -177,8 +177,8 @@ def test_pool_hashes_change_for_guided_ddim_only():
 
 
 def test_plans_name_the_guided_ddim_step_in_guided_sample_stages_only():
-    from collapse.config import load_config
     from collapse.plan import plan
+    from jobs.presets import load_config
     for preset in ("demo", "tiny", "cifar10-paper"):
         assert all("sampler" not in s.params["spec"] for s in plan(load_config(preset)) if s.name == "sample")
     specs = {s.key: s.params["spec"] for s in plan(load_config("guidance-sweep")) if s.name == "sample"}

@@ -6,9 +6,9 @@ import pathlib
 import pytest
 
 from collapse import paradigms as pd
-from collapse.config import list_presets, load_config
 from collapse.data.urls import RunLayout
 from collapse.plan import SHARED, STAGES, format_plan, plan
+from jobs.presets import list_presets, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The demo's shape these tests count with, pinned so that tuning the demo preset leaves them alone

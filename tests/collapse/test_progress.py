@@ -1,7 +1,7 @@
 """The run's ETA and the progress lines of long stages (collapse.progress)."""
-from collapse.config import load_config
 from collapse.plan import SHARED, plan
 from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, ImagesProgress, Ticker, images_line, train_line
+from jobs.presets import load_config
 
 
 class Clock:

@@ -58,7 +58,7 @@ def test_independent_of_process_hash_salt():
 
 @pytest.mark.parametrize("args", [(-1, 0, 0), (0, -1, 0), (0, 0, -2), (0.5, 0, 0), (True, 0, 0), (0, "1", 0)])
 def test_bad_sample_seed_arguments(args):
-    with pytest.raises(ValueError, match="must be a non-negative int"):
+    with pytest.raises(ValueError, match="must be an int >= 0"):
         sample_seed(*args)
 
 

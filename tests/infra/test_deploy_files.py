@@ -106,13 +106,13 @@ def test_rayjob_fields():
 
 
 def test_rayjob_entrypoint_is_a_valid_collapse_run_that_fits_the_workers():
-    from collapse import config as cf
     from jobs.cli import build_parser
+    from jobs.presets import load_config
 
     spec = _load("kuberay/rayjob.yaml")["spec"]
     args = build_parser().parse_args(["run", *_run_args(spec["entrypoint"])])
     assert args.run_dir.startswith("s3://")
-    cfg = cf.load_config(args.config, args.overrides + [f"run.run_dir={args.run_dir}"])
+    cfg = load_config(args.config, args.overrides + [f"run.run_dir={args.run_dir}"])
     assert cfg.data.source.startswith("wds:s3://") and "{000000..000049}" in cfg.data.source
 
     # every actor and Train worker of the run fits in one GPU worker pod, and a training's

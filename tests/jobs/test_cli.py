@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from collapse.config import load_config
 from collapse.data.samples import open_sample_set
 from collapse.data.urls import absolute_source, absolute_url
 from jobs.cli import main
+from jobs.presets import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import pytest
 
+from jobs.presets import PRESETS_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "infra/README.md")
-PRESETS_DIR = ROOT / "jobs" / "presets"
 FENCE_LANGS = ("", "bash", "sh", "shell")
 PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.")           # `collapse verify <set or run>`, `ray job submit ...`
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")

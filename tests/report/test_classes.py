@@ -29,6 +29,7 @@ from collapse.report import render_report
 from collapse.report.figures import first_by_label
 from collapse.report.plots import class_grid
 from collapse.report.read import read_run
+from jobs.presets import load_config
 from tests.report.test_report import Page, build_run, colour_pixels
 
 K, SIZE, TILE, GAP, LABEL_WIDTH, SHOWN = 3, 16, 32, 2, 24, 8    # the grid as render.py draws it
@@ -85,7 +86,7 @@ def build_class_run(root: str) -> RunLayout:
     """config (K = 3; greedy at its own guidance scale, per class), real/, the shared generation 1,
     greedy's own generation-1 pool and figures, both strategies' generation 2."""
     L = RunLayout(root)
-    cfg = cf.to_dict(cf.load_config("tiny", [f"run.run_dir={root}", "run.generations=2"]))
+    cfg = cf.to_dict(load_config("tiny", [f"run.run_dir={root}", "run.generations=2"]))
     cfg["model"]["num_classes"], cfg["sample"]["guidance_scale"] = K, RUN_SCALE
     greedy = next(s for s in cfg["strategies"] if s["name"] == "greedy")
     greedy["guidance_scale"], greedy["per_class"] = GREEDY_SCALE, True

@@ -29,6 +29,7 @@ from collapse.report import render_report
 from collapse.report.figures import METRICS, QUALITY_METRICS, nearest_training
 from collapse.report.html import href
 from collapse.report.plots import hex_to_rgb, pearson_r
+from jobs.presets import load_config
 
 STRATEGIES = ("vanilla", "greedy")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -77,7 +78,7 @@ def _quality(strategy_index: int, n: int) -> dict:
 def build_run(root: str, so=None, generations: int = 2) -> RunLayout:
     """config, real/, shared gen 1, per strategy its selections and generations 2..G, stage records."""
     L, rng = RunLayout(root), np.random.default_rng(0)
-    cfg = cf.load_config("tiny", [f"run.run_dir={root}", f"run.generations={generations}"])
+    cfg = load_config("tiny", [f"run.run_dir={root}", f"run.generations={generations}"])
     storage.write_bytes(L.config, cf.to_yaml(cfg).encode(), so)
     storage.write_bytes(L.config + ".json", json.dumps(cf.to_dict(cfg)).encode(), so)
     real = _images(rng, 40)
@@ -231,7 +232,7 @@ def test_a_partial_run_renders_what_is_done(tmp_path):
 
 def test_a_run_with_nothing_scored_yet_renders(tmp_path):
     L = RunLayout(str(tmp_path / "run"))
-    cfg = cf.load_config("tiny", [f"run.run_dir={L.root}"])
+    cfg = load_config("tiny", [f"run.run_dir={L.root}"])
     storage.write_bytes(L.config + ".json", json.dumps(cf.to_dict(cfg)).encode())
     text = Path(render_report([L.root])).read_text()
     assert "No generation is scored yet" in text and "vanilla 0/2" in text
