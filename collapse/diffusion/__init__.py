@@ -9,11 +9,11 @@ from collapse.diffusion.models import (
     PAPER_SCHEDULER, UNET_PRESETS, UNetPreset, build, build_unet, make_scheduler, null_class,
     num_params, unet_from_preset,
 )
-from collapse.diffusion.sampling import GUIDED_DDIM, METHODS, ddpm_step, guided_epsilon, sample, sampler_variant
+from collapse.diffusion.sampling import GUIDED_DDIM, METHODS, guided_epsilon, sample, sampler_variant
 
 __all__ = [
     "EMA", "GUIDED_DDIM", "METHODS", "PAPER_SCHEDULER", "UNET_PRESETS", "UNetPreset", "build", "build_unet",
-    "ddpm_step", "diffusion_loss", "draw_timesteps_and_noise", "drop_class_labels", "guided_epsilon",
+    "diffusion_loss", "draw_timesteps_and_noise", "drop_class_labels", "guided_epsilon",
     "images_to_tensor", "load_model", "make_scheduler", "null_class", "num_params", "sample", "sampler_variant",
     "save_model", "tensor_to_images", "unet_from_preset",
 ]

@@ -10,11 +10,10 @@ on every machine; the noise is moved to the model's device).
 The loop is ours, around the diffusers schedulers, so that the noise is an explicit tensor:
 
 * DDIM: ``DDIMScheduler.step(..., eta, variance_noise=z)``, diffusers' own explicit-noise hook;
-* DDPM: ``DDPMScheduler.step`` draws z itself from a generator and has no such hook. Calling it
-  once per sample with that sample's generator would cost B Python calls per step (B x 1000 at
-  the paper's 1000 steps); instead ``ddpm_step`` is the same posterior step written out (Ho et
-  al. 2020, eq. 6-7; diffusers' op order, "fixed_small" variance) taking z as an argument, tested
-  against ``DDPMScheduler.step`` to float rounding.
+* DDPM: ``DDPMScheduler.step(..., generator=[one generator per sample])``: diffusers'
+  ``randn_tensor`` draws row b of z from generator b, the same draw as ours (a hand-written
+  posterior step taking z, used until 2026-12-06, gave bit-identical images: tests/collapse/
+  test_diffusion.py keeps it as the reference).
 
 Batch invariance of the network itself: CPU and GPU kernels pick their blocking by batch shape
 (oneDNN/MKL on CPU: a 1-row Linear uses gemv; conv blocking depends on N; cuDNN picks algorithms
@@ -47,23 +46,11 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from collapse.diffusion.images import tensor_to_images
 from collapse.diffusion.models import null_class
+from collapse.errors import check_int
+from collapse.sampler_spec import GUIDED_DDIM, METHODS, sampler_variant
 from collapse.seeding import torch_generator
 
-METHODS = ("ddpm", "ddim")
-
-# The guided DDIM step's version. v1 (until 1096f3f) kept the raw guided eps beside the clipped x0_hat;
-# v2 takes the eps of the clipped x0_hat. It enters the hash of every guided DDIM pool and sample stage
-# (cluster.sample, collapse.plan) and the pool's manifest: a pool drawn by another version is refused,
-# never mixed with this one's. Change it whenever the guided DDIM step changes what it draws.
-GUIDED_DDIM = "ddim-clipped-eps-v2"
-
-
-def sampler_variant(method: str, guidance_scale: float) -> str:
-    """The version of the step that ``sample(method=..., guidance_scale=...)`` takes: ``GUIDED_DDIM`` for
-    guided DDIM (guidance_scale != 1), else "" (diffusers' own step, unchanged since pools were first drawn)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return GUIDED_DDIM if method == "ddim" and float(guidance_scale) != 1.0 else ""
+__all__ = ["GUIDED_DDIM", "METHODS", "guided_epsilon", "sample", "sampler_variant"]
 
 
 def _eps(model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -95,32 +82,6 @@ def guided_epsilon(model, x_t: torch.Tensor, timestep: int, class_labels: torch.
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
-def ddpm_step(eps_hat: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor,
-              alpha_bar_prev: torch.Tensor, z: torch.Tensor | None,
-              clip_range: float | None = 1.0) -> torch.Tensor:
-    """One ancestral step x_t -> x_t' (t' the schedule's previous timestep; abar_t' = 1 past t = 0).
-
-        beta_t   = 1 - abar_t / abar_t'                      (the effective beta of a strided step)
-        x0_hat   = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t), clipped to [-clip, clip]
-        mu       = sqrt(abar_t') beta_t / (1 - abar_t) x0_hat + sqrt(1 - beta_t) (1 - abar_t') / (1 - abar_t) x_t
-        sigma^2  = (1 - abar_t') / (1 - abar_t) beta_t       (beta~_t, "fixed_small")
-        x_t'     = mu + sigma z
-
-    eps_hat, x_t, z: (B, C, H, W); z None adds no noise (the last step). abar as 0-d tensors.
-    """
-    beta_prod_t, beta_prod_prev = 1 - alpha_bar_t, 1 - alpha_bar_prev
-    alpha_t = alpha_bar_t / alpha_bar_prev
-    beta_t = 1 - alpha_t
-    x0_hat = (x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_bar_t ** 0.5
-    if clip_range is not None:
-        x0_hat = x0_hat.clamp(-clip_range, clip_range)
-    mu = (alpha_bar_prev ** 0.5 * beta_t) / beta_prod_t * x0_hat + alpha_t ** 0.5 * beta_prod_prev / beta_prod_t * x_t
-    if z is None:
-        return mu
-    variance = torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t, min=1e-20)
-    return mu + variance ** 0.5 * z
-
-
 def _scheduler(method: str, config: Mapping):
     """A fresh DDPM or DDIM scheduler from a DDPM config (keys the target does not take dropped)."""
     if method not in METHODS:
@@ -148,18 +109,14 @@ def _sample_batch(model, sched, method, seeds, labels, guidance_scale, eta, devi
     x = _draw(gens, shape, device)  # x_T
     y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
     timesteps = [int(t) for t in sched.timesteps]
-    clip = sched.config.clip_sample_range if sched.config.clip_sample else None
-    for i, t in enumerate(timesteps):
+    for t in timesteps:
         if batch_invariant:
             eps = torch.cat([guided_epsilon(model, x[b:b + 1], t, None if y is None else y[b:b + 1],
                                             guidance_scale) for b in range(x.shape[0])])
         else:
             eps = guided_epsilon(model, x, t, y, guidance_scale)
         if method == "ddpm":
-            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            abar_prev = sched.alphas_cumprod[t_prev] if t_prev >= 0 else sched.one
-            z = _draw(gens, shape, device) if t > 0 else None
-            x = ddpm_step(eps, x, sched.alphas_cumprod[t], abar_prev, z, clip)
+            x = sched.step(eps, t, x, generator=gens).prev_sample   # z drawn from gens when t > 0
         else:
             z = _draw(gens, shape, device) if eta > 0 else None
             # guided: the direction term uses the eps of the clipped x0_hat (diffusers' use_clipped_model_output).
@@ -190,8 +147,7 @@ def sample(model, scheduler_config, seeds: Sequence[int], method: str = "ddpm",
     seeds = [int(s) for s in seeds]
     if any(s < 0 or s >= 2**64 for s in seeds):
         raise ValueError("seeds must be ints in [0, 2**64)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", low=1)
     if eta < 0 or (eta > 0 and method != "ddim"):
         raise ValueError(f"eta must be >= 0 and is a DDIM parameter (method='ddim'), got eta={eta}, method={method!r}")
     if class_labels is not None:

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from collapse.diffusion import (
-    EMA, UNET_PRESETS, build, build_unet, ddpm_step, diffusion_loss, draw_timesteps_and_noise, drop_class_labels,
+    EMA, UNET_PRESETS, build, build_unet, diffusion_loss, draw_timesteps_and_noise, drop_class_labels,
     guided_epsilon, images_to_tensor, load_model, make_scheduler, null_class, num_params, sample,
     save_model, tensor_to_images, unet_from_preset,
 )
@@ -162,21 +162,40 @@ def test_overfitting_a_few_images_lowers_the_loss():
 
 # ---- sampling -------------------------------------------------------------------------------
 
-def test_ddpm_step_matches_diffusers(sched20):
-    for steps in (20, 5):
-        s = DDPMScheduler.from_config(sched20.config)
-        s.set_timesteps(steps)
-        ts = [int(t) for t in s.timesteps]
-        g = torch.Generator().manual_seed(0)
-        x, eps = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+def _posterior_step(eps_hat, x_t, alpha_bar_t, alpha_bar_prev, z, clip_range=1.0):
+    """One ancestral step written out (Ho et al. 2020, eq. 6-7; diffusers' op order, "fixed_small"):
+    the sampler's own DDPM step until 2026-12-06, the reference its replacement must equal bit for bit.
+        beta_t = 1 - abar_t / abar_t';  x0_hat = clip((x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t))
+        mu = sqrt(abar_t') beta_t / (1 - abar_t) x0_hat + sqrt(1 - beta_t) (1 - abar_t') / (1 - abar_t) x_t
+        x_t' = mu + sqrt((1 - abar_t') / (1 - abar_t) beta_t) z"""
+    beta_prod_t, beta_prod_prev = 1 - alpha_bar_t, 1 - alpha_bar_prev
+    alpha_t = alpha_bar_t / alpha_bar_prev
+    beta_t = 1 - alpha_t
+    x0_hat = ((x_t - beta_prod_t ** 0.5 * eps_hat) / alpha_bar_t ** 0.5).clamp(-clip_range, clip_range)
+    mu = (alpha_bar_prev ** 0.5 * beta_t) / beta_prod_t * x0_hat + alpha_t ** 0.5 * beta_prod_prev / beta_prod_t * x_t
+    if z is None:
+        return mu
+    return mu + torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t, min=1e-20) ** 0.5 * z
+
+
+@pytest.mark.parametrize("steps", [20, 5])
+def test_ddpm_sampling_is_the_written_out_posterior_step_bit_for_bit(tiny, sched20, steps):
+    """The sampler's DDPM steps are diffusers' (DDPMScheduler.step with one generator per sample):
+    the same images, to the bit, as the posterior step written out with per-sample noise, so pools
+    drawn before the change are the pools drawn after it."""
+    got = sample(tiny, sched20.config, SEEDS, method="ddpm", steps=steps, batch_size=5)
+    s = DDPMScheduler.from_config(sched20.config)
+    s.set_timesteps(steps)
+    ts = [int(t) for t in s.timesteps]
+    gens = [torch_generator(seed) for seed in SEEDS]
+    x = torch.stack([torch.randn((1, 16, 16), generator=g) for g in gens])
+    with torch.no_grad():
         for i, t in enumerate(ts):
-            gens = [torch_generator(100 + b) for b in range(3)]
-            want = s.step(eps, t, x, generator=gens).prev_sample
-            gens = [torch_generator(100 + b) for b in range(3)]
-            z = torch.cat([torch.randn(1, 1, 4, 4, generator=gb) for gb in gens]) if t > 0 else None
+            eps = tiny(x, t).sample.float()
+            z = torch.stack([torch.randn((1, 16, 16), generator=g) for g in gens]) if t > 0 else None
             prev = ts[i + 1] if i + 1 < len(ts) else -1
-            got = ddpm_step(eps, x, s.alphas_cumprod[t], s.alphas_cumprod[prev] if prev >= 0 else s.one, z)
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            x = _posterior_step(eps, x, s.alphas_cumprod[t], s.alphas_cumprod[prev] if prev >= 0 else s.one, z)
+    np.testing.assert_array_equal(got, tensor_to_images(x))
 
 
 @pytest.mark.parametrize("method, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5)])
