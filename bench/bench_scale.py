@@ -161,16 +161,16 @@ def part2(pool: int = 200_000, n: int = 1000) -> int:
 
     from cluster.loop import Loop
     from cluster.runtime import connect
-    from collapse import config as cf
     from collapse.data.samples import Sample, write_sample_set
     from collapse.plan import SHARED
+    from jobs.presets import load_config
     k = pool // n
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = cf.load_config("tiny", [f"run.run_dir={tmp}/run", f"data.n={n}", f"metrics.gs_samples={n}",
-                                      "metrics.classifier_images=0", "data.holdout=1000", "sample.shard_size=5000",
-                                      f"strategies=[{{name: greedy, kind: greedy, pool_factor: {k}, features: pixel}}]"])
+        cfg = load_config("tiny", [f"run.run_dir={tmp}/run", f"data.n={n}", f"metrics.gs_samples={n}",
+                                   "metrics.classifier_images=0", "data.holdout=1000", "sample.shard_size=5000",
+                                   f"strategies=[{{name: greedy, kind: greedy, pool_factor: {k}, features: pixel}}]"])
         loop = Loop(cfg, progress=lambda line: None)
-        L, rng = loop.L, np.random.default_rng(0)
+        L, rng = loop.layout, np.random.default_rng(0)
 
         def images(prefix, count):
             for i in range(count):

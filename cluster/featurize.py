@@ -89,7 +89,7 @@ def extractor_identity(options: dict | None, storage_options: dict | None = None
     directory, the inception file), which say where, not what: moving them reuses the features."""
     import hashlib
 
-    from collapse.data import manifest as mf
+    from collapse.data import manifest
     from collapse.features import LOCATION_OPTIONS
     left_out = ("storage_options",) + LOCATION_OPTIONS
     options = {k: v for k, v in (options or {}).items() if k not in left_out}
@@ -97,9 +97,9 @@ def extractor_identity(options: dict | None, storage_options: dict | None = None
         return ""
     parts = {"options": options}
     if options.get("url"):
-        m = mf.read_manifest(options["url"], storage_options)
+        m = manifest.read_manifest(options["url"], storage_options)
         parts["weights"] = m.get("files") or m.get("sha256")
-    return hashlib.sha256(mf.canonical_json(parts).encode()).hexdigest()[:16]
+    return hashlib.sha256(manifest.canonical_json(parts).encode()).hexdigest()[:16]
 
 
 def _actor_records(set_url, extractor, sample_set, min_actors, max_actors, cpus_per_actor, gpus_per_actor,

@@ -10,7 +10,7 @@ bytes are those of the in-process ingest (a test compares them).
 """
 from __future__ import annotations
 
-from collapse.data import manifest as mf
+from collapse.data import manifest
 from collapse.data import storage
 from collapse.data.importers import IngestJob, _key, ingest_samples, open_source, plan_ingest, webdataset_entries
 from collapse.data.samples import commit_sample_set, completed_shard, write_shard
@@ -42,10 +42,10 @@ def ingest_tasks(spec: str, out_url: str, *, size: int | None = None, mode: str 
         progress(f"ingest: {out_url} already holds this import (config {plan.chash}); nothing to do")
         return plan.done
     write = ray.remote(_write_run).options(num_cpus=cpus_per_task)
-    manifests = dict(plan.done)
+    committed = dict(plan.done)
     for job in plan.jobs:
-        if job.overwrite and mf.try_read_manifest(job.url, storage_options) is not None:
-            storage.remove(mf.manifest_url(job.url), storage_options)  # un-commit before any shard changes
+        if job.overwrite and manifest.try_read_manifest(job.url, storage_options) is not None:
+            storage.remove(manifest.manifest_url(job.url), storage_options)  # un-commit before any shard changes
         runs = [[int(i) for i in job.idx[a:a + shard_size]] for a in range(0, len(job.idx), shard_size)]
         labelled = job.src.labels is not None
         records, pending = [None] * len(runs), {}
@@ -72,7 +72,7 @@ def ingest_tasks(spec: str, out_url: str, *, size: int | None = None, mode: str 
             raise DataError(f"{spec} image {odd['keys'][0]} (shard {odd['name']} of {job.url}): image shape "
                             f"{tuple(odd['shape'])}, expected {first} like the first image (pass --size to resize "
                             "every image)")
-        manifests[job.split] = commit_sample_set(job.url, records, config_hash=plan.chash,
+        committed[job.split] = commit_sample_set(job.url, records, config_hash=plan.chash,
                                                  extra={"ingest": plan.options}, storage_options=storage_options)
-        progress(f"ingest: wrote {manifests[job.split]['count']} images {tuple(first)} to {job.url}")
-    return {k: manifests[k] for k in ("train", "holdout") if k in manifests}
+        progress(f"ingest: wrote {committed[job.split]['count']} images {tuple(first)} to {job.url}")
+    return {k: committed[k] for k in ("train", "holdout") if k in committed}

@@ -10,7 +10,7 @@ lineage: a test compares them). The pieces live in Ray's object store, which spi
 """
 from __future__ import annotations
 
-from collapse.data import manifest as mf
+from collapse.data import manifest
 from collapse.data import storage
 from collapse.data.samples import SampleSet, annotated, commit_sample_set, plan_subset, write_shard
 from collapse.errors import CollapseError, DataError
@@ -42,10 +42,10 @@ def write_subset_tasks(sources: list[SampleSet], keys: list[str], out_url: str, 
     ``why``: key -> the decision to append to that sample's lineage (``decisions``)."""
     import ray
     plan = plan_subset(sources, keys, shard_size)
-    if mf.try_read_manifest(out_url, storage_options) is not None:
+    if manifest.try_read_manifest(out_url, storage_options) is not None:
         if not overwrite:
             raise DataError(f"sample set {out_url!r} already exists (pass overwrite=True to replace it)")
-        storage.remove(mf.manifest_url(out_url), storage_options)  # un-commit before any shard changes
+        storage.remove(manifest.manifest_url(out_url), storage_options)  # un-commit before any shard changes
     why = why or {}
     take = ray.remote(_take)
     pieces: list[list] = [[] for _ in plan.shards]

@@ -2,9 +2,10 @@
 
 Stages that run side by side each run in their own process: Ray Data keeps one global
 ``DataContext`` per process and Ray Train starts one controller per ``fit()`` call, so stages in
-threads of one driver would share what they must not. A runner holds a :class:`cluster.loop.Loop`
-of the run's config without the lease: the driver holds the lease, clears half-writes and commits
-every stage record; the runner only computes and writes the stage's outputs. Its progress lines are
+threads of one driver would share what they must not. A runner holds a
+:class:`cluster.stages.context.StageContext` of the run's config without the lease, and runs
+stages with :func:`cluster.stages.run_stage`: the driver (cluster.loop) holds the lease, clears
+half-writes and commits every stage record; the runner only computes and writes the stage's outputs. Its progress lines are
 kept until the driver collects them (``drain``), so that they reach the driver's progress callback.
 
 A runner asks Ray for the GPUs of the work its stage does in its own process
@@ -22,11 +23,11 @@ import time
 
 class StageRunner:
     def __init__(self, cfg, storage_options: dict | None):
-        from cluster.loop import Loop
+        from cluster.stages.context import StageContext
         self.lines: list[str] = []
         self.lock = threading.Lock()
-        self.loop = Loop(cfg, progress=self.say)
-        self.loop.so = storage_options  # the driver's (its environment does not reach this actor)
+        # the driver's storage options: its environment does not reach this actor
+        self.ctx = StageContext(cfg, say=self.say, storage_options=storage_options)
 
     def say(self, line: str) -> None:
         with self.lock:
@@ -39,9 +40,10 @@ class StageRunner:
 
     def run(self, key: str) -> dict:
         """Run the stage ``key`` (its retries and rebuilds included); its start (UTC) and wall seconds."""
-        stage = self.loop.plan[key]
+        from cluster.stages import run_stage
+        stage = self.ctx.plan[key]
         started, t0 = time.time(), time.perf_counter()
-        self.loop.run_stage(stage)
+        run_stage(self.ctx, stage)
         return {"started": started, "wall": time.perf_counter() - t0}
 
 

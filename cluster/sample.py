@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass
 
 from cluster.runtime import map_actor_pool
-from collapse.data import manifest as mf
+from collapse.data import manifest as manifests
+from collapse.sampler_spec import hashed_fields, sampler_variant
 from collapse.data import storage
 from collapse.data.samples import commit_sample_set, completed_shard
-from collapse.errors import ConfigError, DataError
+from collapse.errors import ConfigError, DataError, check_int
 from collapse.progress import ImagesProgress
 
 
@@ -37,14 +38,13 @@ class SampleSpec:
     shard_size: int = 1000
     batch_size: int = 64
     batch_invariant: bool = False  # run the network per sample: images independent of batch_size too (slower)
-    sampler: str = ""              # guided DDIM: the step's version (collapse.diffusion.sampling.GUIDED_DDIM), filled
+    sampler: str = ""              # guided DDIM: the step's version (collapse.sampler_spec.GUIDED_DDIM), filled
     #                                in by sample_pool when empty; "" for every other sampler (not hashed, as before)
 
 
 def resolve_sampler(spec: SampleSpec) -> SampleSpec:
     """``spec`` with the version of the step this collapse draws it with (``sampler_variant``); a spec that
     names another version (a pool planned for a step this code no longer takes) is refused."""
-    from collapse.diffusion.sampling import sampler_variant  # torch: imported when a pool is sampled
     want = sampler_variant(spec.method, spec.guidance_scale)
     if spec.sampler not in ("", want):
         step = repr(want) if want else "diffusers' own step"
@@ -55,7 +55,6 @@ def resolve_sampler(spec: SampleSpec) -> SampleSpec:
 
 
 def _described(sampler: str, spec: SampleSpec) -> str:
-    from collapse.diffusion.sampling import sampler_variant
     if sampler:
         return f"the sampler {sampler!r}"
     if sampler_variant(spec.method, spec.guidance_scale):
@@ -67,8 +66,7 @@ def _described(sampler: str, spec: SampleSpec) -> str:
 def pool_hash(spec: SampleSpec, model_files) -> str:
     """The pool's config hash: the spec (class_weights and sampler only when set, so that the pools of
     unguided runs keep the hashes they had before either existed) and the model's files."""
-    hashed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("class_weights", "sampler") or v}
-    return mf.config_hash({"spec": hashed, "model": model_files})
+    return manifests.config_hash({"spec": hashed_fields(dataclasses.asdict(spec)), "model": model_files})
 
 
 class Sampler:
@@ -145,12 +143,11 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
                 cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, retries: int = 1, storage_options: dict | None = None,
                 progress=print) -> dict:
     """Sample ``spec.count`` images from the model at ``model_url`` into the set at ``pool_url``."""
-    if spec.count < 1:
-        raise ValueError(f"pool count must be >= 1, got {spec.count}")
+    check_int(spec.count, "pool count", low=1)
     spec = resolve_sampler(spec)
-    model = mf.read_manifest(model_url, storage_options)  # the model must be finished
+    model = manifests.read_manifest(model_url, storage_options)  # the model must be finished
     chash = pool_hash(spec, model.get("files"))
-    done = mf.try_read_manifest(pool_url, storage_options)
+    done = manifests.try_read_manifest(pool_url, storage_options)
     if done is not None and done.get("config_hash") == chash:
         progress(f"sample: {pool_url} already holds {done['count']} samples; skipping")
         return done
@@ -165,7 +162,7 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
         # other settings or another model (e.g. the old last generation's pool of a longer run): un-commit it,
         # then resample every shard (a shard's sidecar holds the hash it was drawn under: no old one counts)
         progress(f"sample: {pool_url} holds a pool drawn with other settings or another model; sampling it again")
-        storage.remove(mf.manifest_url(pool_url), storage_options)
+        storage.remove(manifests.manifest_url(pool_url), storage_options)
     n_shards = math.ceil(spec.count / spec.shard_size)
     records = {j: completed_shard(pool_url, j, chash, storage_options) for j in range(n_shards)}
     missing = [j for j, r in records.items() if r is None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from collapse.entropy import DUPLICATE_EPS, entropy_from_radii
+from collapse.errors import check_int
 from collapse.knn import merge_topk
 from collapse.novelty import COPY_RATIO, copy_mask_from_distances
 
@@ -45,8 +46,7 @@ class ShardedKNN:
 
     def __init__(self, reference: np.ndarray, n_shards: int, cpus_per_shard: float = 1.0):
         import ray
-        if not 1 <= n_shards <= len(reference):
-            raise ValueError(f"n_shards must be in [1, {len(reference)}], got {n_shards}")
+        check_int(n_shards, "n_shards", low=1, high=len(reference))
         bounds = np.linspace(0, len(reference), n_shards + 1).astype(int)
         actor = ray.remote(num_cpus=cpus_per_shard)(ReferenceShard)
         self.n, self.d = reference.shape

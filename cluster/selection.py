@@ -34,7 +34,7 @@ class PoolShard:
         self.x = torch.from_numpy(centred(np.asarray(rows), mean, np.float64)).to(dev)
         self.sq = (self.x * self.x).sum(1)
         self.offset, self.n, self.chunk, self.res2 = int(offset), int(len(rows)), int(chunk), None
-        self.mind = torch.full((self.n,), float("inf"), dtype=torch.float64, device=dev)
+        self.d2_to_kept = torch.full((self.n,), float("inf"), dtype=torch.float64, device=dev)
         self.owner = torch.full((self.n,), -1, dtype=torch.int64, device=dev)
         self.dev = dev
 
@@ -59,13 +59,13 @@ class PoolShard:
         for s in range(0, self.n, self.chunk):   # as collapse.selection._Space.update_one
             d2 = t.mv(self.x[s:s + self.chunk], xc_t).mul_(-2.0).add_(self.sq[s:s + self.chunk]).add_(sqc)
             d2.masked_fill_(d2 <= self.res2, 0.0)
-            closer = d2 < self.mind[s:s + self.chunk]
-            self.mind[s:s + self.chunk] = t.where(closer, d2, self.mind[s:s + self.chunk])
+            closer = d2 < self.d2_to_kept[s:s + self.chunk]
+            self.d2_to_kept[s:s + self.chunk] = t.where(closer, d2, self.d2_to_kept[s:s + self.chunk])
             self.owner[s:s + self.chunk].masked_fill_(closer, c)
         if self.offset <= c < self.offset + self.n:
-            self.mind[c - self.offset] = -float("inf")
-        j = int(t.argmax(self.mind))
-        return float(self.mind[j]), self.offset + j, int(self.owner[j]), self._np(self.x[j]), float(self.sq[j])
+            self.d2_to_kept[c - self.offset] = -float("inf")
+        j = int(t.argmax(self.d2_to_kept))
+        return float(self.d2_to_kept[j]), self.offset + j, int(self.owner[j]), self._np(self.x[j]), float(self.sq[j])
 
     def add(self, new: np.ndarray, xn: np.ndarray, sqn: np.ndarray) -> None:
         """Update with the kept items ``new`` (global indices, centred rows, squared norms)."""
@@ -76,19 +76,19 @@ class PoolShard:
             d2 = self.sq[s:s + self.chunk, None] + sqn_t[None, :] - 2.0 * (self.x[s:s + self.chunk] @ xn_t.T)
             d2.masked_fill_(d2 <= self.res2, 0.0)
             best, j = d2.min(dim=1)
-            closer = best < self.mind[s:s + self.chunk]
-            self.mind[s:s + self.chunk] = t.where(closer, best, self.mind[s:s + self.chunk])
+            closer = best < self.d2_to_kept[s:s + self.chunk]
+            self.d2_to_kept[s:s + self.chunk] = t.where(closer, best, self.d2_to_kept[s:s + self.chunk])
             self.owner[s:s + self.chunk] = t.where(closer, new_t[j], self.owner[s:s + self.chunk])
         local = new_t[(new_t >= self.offset) & (new_t < self.offset + self.n)] - self.offset
-        self.mind[local] = -float("inf")
+        self.d2_to_kept[local] = -float("inf")
 
     def top(self) -> float:
-        return float(self.mind.max())
+        return float(self.d2_to_kept.max())
 
     def gather(self, rows: np.ndarray):
-        """(mind, owner, centred rows, squared norms) of the global ``rows`` (all of them mine)."""
+        """(d2_to_kept, owner, centred rows, squared norms) of the global ``rows`` (all of them mine)."""
         j = self.torch.from_numpy(np.asarray(rows, dtype=np.int64) - self.offset).to(self.dev)
-        return self._np(self.mind[j]), self._np(self.owner[j]), self._np(self.x[j]), self._np(self.sq[j])
+        return self._np(self.d2_to_kept[j]), self._np(self.owner[j]), self._np(self.x[j]), self._np(self.sq[j])
 
     def pid(self) -> int:
         import os
@@ -139,19 +139,19 @@ class ShardedState:
         where = self._shard_of(rows)
         parts = {k: self.shards[k].gather.remote(rows[where == k]) for k in np.unique(where)}
         got = {k: self.ray.get(ref) for k, ref in parts.items()}
-        mind, owner = np.empty(len(rows)), np.empty(len(rows), dtype=np.int64)
+        d2_to_kept, owner = np.empty(len(rows)), np.empty(len(rows), dtype=np.int64)
         x, sq = None, np.empty(len(rows))
         for k, (m, o, xr, s) in got.items():
             at = where == k
             if x is None:
                 x = np.empty((len(rows), xr.shape[1]))
-            mind[at], owner[at], x[at], sq[at] = m, o, xr, s
-        return mind, owner, x, sq
+            d2_to_kept[at], owner[at], x[at], sq[at] = m, o, xr, s
+        return d2_to_kept, owner, x, sq
 
     def gather(self, rows: np.ndarray):
-        mind, owner, x, sq = self._gather(rows)
+        d2_to_kept, owner, x, sq = self._gather(rows)
         self._rows = (np.asarray(rows, dtype=np.int64), x, sq)   # the block's rows, for d2 and add
-        return mind, owner
+        return d2_to_kept, owner
 
     def d2(self, rows: np.ndarray) -> np.ndarray:
         import torch

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from collapse.data import directories, manifest as mf, storage
-from collapse.errors import DataError
+from collapse.data import directories, manifest, storage
+from collapse.errors import DataError, check_int
 
 CHECKPOINTS = "checkpoints"
 
@@ -55,8 +55,7 @@ class TrainSpec:
     seed: int = 0
 
     def validate(self, world_size: int) -> None:
-        if self.steps < 1:
-            raise ValueError(f"train steps must be >= 1, got {self.steps}")
+        check_int(self.steps, "train steps", low=1)
         if self.batch_size % world_size:
             raise ValueError(f"train batch_size={self.batch_size} must divide by the {world_size} workers")
         if self.zero_stage not in (0, 1, 2):
@@ -107,7 +106,7 @@ def _load_grad_scaler(engine, state) -> None:
 
 
 def latest_checkpoint(model_url: str, storage_options=None) -> dict | None:
-    return mf.try_read_manifest(storage.join(model_url, CHECKPOINTS), storage_options)
+    return manifest.try_read_manifest(storage.join(model_url, CHECKPOINTS), storage_options)
 
 
 def _maybe_fail(step: int, fail_at_step: int | None, model_url: str, so) -> None:
@@ -295,7 +294,7 @@ def _save_checkpoint(engine, step, client_state, model_url, work, rank, so, spec
     if rank == 0:
         url = storage.join(model_url, CHECKPOINTS, tag)
         directories.commit_directory(url, [r for rs in gathered for r in rs], {"tag": tag, "step": step}, so)
-        mf.write_manifest(storage.join(model_url, CHECKPOINTS),
+        manifest.write_manifest(storage.join(model_url, CHECKPOINTS),
                           {"kind": "checkpoints", "extra": {"tag": tag, "step": step, "spec_hash": spec_hash,
                                                              "world_size": dist.get_world_size()}}, so)
     dist.barrier()
@@ -318,10 +317,10 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
     spec.validate(num_workers)
     if spec.precision == "fp16" and not use_gpu:
         raise ValueError(FP16_ON_CPU)
-    spec_hash = mf.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url,
+    spec_hash = manifest.config_hash({"spec": dataclasses.asdict(spec), "train_url": train_url,
                                 "conditional": conditional or False,  # False: the hash of unconditional models
                                 "batch_order": BATCH_ORDER})
-    done = mf.try_read_manifest(model_url, storage_options)
+    done = manifest.try_read_manifest(model_url, storage_options)
     if done is not None and done.get("extra", {}).get("spec_hash") == spec_hash:
         progress(f"train: {model_url} is already trained ({done['extra']['steps']} steps); skipping")
         return done
@@ -355,7 +354,7 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
     t0 = time.time()
     trainer.fit()
     t1 = time.time()
-    done = mf.read_manifest(model_url, storage_options)
+    done = manifest.read_manifest(model_url, storage_options)
     curve, tl = done["extra"]["loss_curve"], done["extra"].get("timeline") or {}
     split = startup_split(t0, t1, tl)
     progress(f"train: {spec.steps} steps on {num_workers} worker(s) in {t1 - t0:.0f} s (" +

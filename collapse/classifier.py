@@ -217,20 +217,20 @@ def save_classifier(url: str, classifier: "Classifier | None", extra: dict, stor
     """Store ``classifier`` (None: the source has no labels, so only ``extra`` is recorded)."""
     import hashlib
 
-    from collapse.data import manifest as mf, storage
+    from collapse.data import manifest, storage
     record = {"kind": KIND, "labelled": classifier is not None, **extra}
     if classifier is not None:
         data = classifier.to_bytes()
         storage.write_bytes(storage.join(url, WEIGHTS), data, storage_options)
         record.update(sha256=hashlib.sha256(data).hexdigest(), num_classes=classifier.num_classes,
                       shape=list(classifier.shape))
-    mf.write_manifest(url, record, storage_options)
+    manifest.write_manifest(url, record, storage_options)
     return record
 
 
 def read_classifier_record(url: str, storage_options=None) -> dict:
-    from collapse.data import manifest as mf
-    return mf.read_manifest(url, storage_options, kind=KIND)
+    from collapse.data import manifest
+    return manifest.read_manifest(url, storage_options, kind=KIND)
 
 
 def load_classifier(url: str, storage_options=None) -> "Classifier":

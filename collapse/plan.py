@@ -37,11 +37,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from collapse import paradigms as pd
-from collapse import config as cf
-from collapse.config import RunConfig, Strategy, validate
+from collapse import paradigms
+from collapse import config
+from collapse.config import RunConfig, Strategy
+from collapse.config_checks import validate
 from collapse.data.manifest import config_hash
 from collapse.data.urls import RunLayout, features_url
+from collapse.sampler_spec import hashed_fields, sampler_variant
 from collapse.seeding import stage_seed
 
 SHARED = "shared"
@@ -90,6 +92,16 @@ class Plan:
             raise KeyError(f"no stage {i!r} in the plan")
         return self.stages[i]
 
+    def producer(self, url: str) -> Stage | None:
+        """The stage whose output holds ``url`` (the longest output prefix), or None."""
+        best, length = None, -1
+        for stage in self.stages:
+            for out in stage.outputs.values():
+                out = out.rstrip("/")
+                if (url == out or url.startswith(out + "/")) and len(out) > length:
+                    best, length = stage, len(out)
+        return best
+
 
 def plan(cfg: RunConfig) -> Plan:
     """Every stage of ``cfg``'s run, generation by generation, strategies side by side."""
@@ -104,7 +116,7 @@ def plan(cfg: RunConfig) -> Plan:
                 b.generation(s, n)
             if n < cfg.run.generations:
                 b.select(s, n)
-    return Plan(b.layout.root, cf.config_hash(cfg), tuple(b.stages), tuple(_notes(cfg)))
+    return Plan(b.layout.root, config.config_hash(cfg), tuple(b.stages), tuple(_notes(cfg)))
 
 
 def guidance_scale(cfg: RunConfig, s: Strategy | None) -> float:
@@ -133,13 +145,9 @@ def _conditional(cfg: RunConfig) -> dict:
 
 def _sample_spec(cfg: RunConfig, s: Strategy | None) -> dict:
     spec = {**dataclasses.asdict(cfg.sample), "guidance_scale": guidance_scale(cfg, s)}
-    if not spec["class_weights"]:
-        del spec["class_weights"]  # balanced: the default of cluster.sample.SampleSpec
-    from collapse.diffusion.sampling import sampler_variant  # torch: imported when a plan is built
-    variant = sampler_variant(spec["method"], spec["guidance_scale"])
-    if variant:  # guided DDIM only: the stage's hash follows its step's version (unguided hashes as before)
-        spec["sampler"] = variant
-    return spec
+    # guided DDIM only: the stage's hash follows its step's version (unguided hashes as before)
+    spec["sampler"] = sampler_variant(spec["method"], spec["guidance_scale"])
+    return hashed_fields(spec)
 
 
 def _strategy_params(s: Strategy) -> dict:
@@ -158,7 +166,7 @@ class _Builder:
         self.stages: list[Stage] = []
         self.hashes: dict[str, str] = {}
         p = cfg.paradigm
-        self.real_n = pd.real_needed(p.name, self.N, self.G, p.fresh_fraction)
+        self.real_n = paradigms.real_needed(p.name, self.N, self.G, p.fresh_fraction)
 
     def add(self, name, strategy, n, after, inputs, outputs, sizes, resources, params) -> str:
         after = tuple(after)
@@ -219,7 +227,7 @@ class _Builder:
         made_by = f"{SHARED}/gen-001/train-set" if n == 1 else f"{s.name}/gen-{n - 1:03d}/select"
         # scored: the pool's first gs_samples; candidates: its first k*N (gs_samples may exceed k*N)
         count = c.metrics.gs_samples if n == self.G else max(c.metrics.gs_samples, *(
-            pd.pool_size(self.N, x.pool_factor) for x in strategies), 1)
+            paradigms.pool_size(self.N, x.pool_factor) for x in strategies), 1)
         from collapse.diffusion.batches import BATCH_ORDER  # torch: imported when a plan is built
         if n == 1 and s is not None:
             t = f"{SHARED}/gen-001/train"
@@ -256,13 +264,13 @@ class _Builder:
         if s is None:
             return self.N
         p = self.cfg.paradigm
-        return pd.train_set_size(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor,
+        return paradigms.train_set_size(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor,
                                  fresh_fraction=p.fresh_fraction)
 
     def select(self, s: Strategy, n: int) -> None:
         """D_{n+1} of strategy s, from the candidates of generation n (collapse.paradigms.recipe)."""
         c, L, p = self.cfg, self.layout, self.cfg.paradigm
-        r = pd.recipe(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor, fresh_fraction=p.fresh_fraction)
+        r = paradigms.recipe(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor, fresh_fraction=p.fresh_fraction)
         inputs = {}
         for seg in r.forced + r.candidates:
             if seg.source == "real":
@@ -286,9 +294,9 @@ def _notes(cfg: RunConfig) -> list[str]:
         notes.append(f"metrics.gs_samples = {c.metrics.gs_samples} < 1000 (the paper scores >= 1000 generated "
                      "samples): GS, memorization and FD are noisier")
     if c.paradigm.name == "fresh":
-        real = pd.real_needed("fresh", c.data.n, c.run.generations, c.paradigm.fresh_fraction)
+        real = paradigms.real_needed("fresh", c.data.n, c.run.generations, c.paradigm.fresh_fraction)
         notes.append(f"paradigm fresh imports {real} real training images: N = {c.data.n}, plus "
-                     f"{pd.fresh_count(c.data.n, c.paradigm.fresh_fraction)} new ones for each of D_2..D_G")
+                     f"{paradigms.fresh_count(c.data.n, c.paradigm.fresh_fraction)} new ones for each of D_2..D_G")
     if c.run.generations > 1:
         notes.append(f"generation {c.run.generations} (the last) samples only metrics.gs_samples = "
                      f"{c.metrics.gs_samples} images: no selection follows it")

@@ -73,3 +73,16 @@ def overlaps(records: list[dict]) -> list[tuple[str, str]]:
                 break
             pairs.append((a["key"], b["key"]))
     return pairs
+
+
+def knn_shards(rows: int, resources: dict) -> int:
+    """How many actors the score stage splits D_n's ``rows`` across for its exact nearest neighbours:
+    the stage's ``shards``, or more when ``shard_rows`` caps the rows per actor; never more than rows."""
+    per_actor = resources.get("shard_rows") or max(rows, 1)
+    return min(rows, max(resources.get("shards", 1), -(-rows // per_actor)))
+
+
+def selection_shards(candidates: int, kind: str, resources: dict) -> int:
+    """How many actors a select stage splits its candidates across (cluster.selection): the stage's
+    ``shards``, at most one per candidate; 1 for ``random``, which measures no distance."""
+    return 1 if kind == "random" else min(candidates, resources.get("shards", 1))

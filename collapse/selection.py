@@ -40,7 +40,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from collapse.knn import as_rows, centred, check_int, pair_distance, resolve_device
+from collapse.errors import check_int
+from collapse.knn import as_rows, centred, pair_distance, resolve_device
 from collapse.registry import registrar
 
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -93,10 +94,8 @@ def select(features, n: int, strategy: str, seed: int = 0, *, device=None, chunk
     across actors, and the picks are the same."""
     x = as_rows(features, "features")
     pool = x.shape[0]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= pool:
-        raise ValueError(f"n must be an integer in [1, pool={pool}], got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_int(n, "n", low=1, high=pool)   # high: the pool's rows
+    check_int(seed, "seed", low=0)
     check_int(chunk, "chunk", low=1)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: {sorted(STRATEGIES)}")
@@ -154,61 +153,61 @@ class _Space:
         d2 = self.sq[rows, None] + self.sq[None, cols] - 2.0 * (self.x[rows] @ self.x[cols].T)
         return d2.masked_fill_(d2 <= self.res2, 0.0)
 
-    def update_one(self, mind: torch.Tensor, owner: torch.Tensor, c: int) -> None:
+    def update_one(self, d2_to_kept: torch.Tensor, owner: torch.Tensor, c: int) -> None:
         """:meth:`update` for one new kept item c (a matrix-vector product per chunk)."""
         xc, sqc = self.x[c], self.sq[c]
         for s in range(0, self.n, self.chunk):
             d2 = torch.mv(self.x[s:s + self.chunk], xc).mul_(-2.0).add_(self.sq[s:s + self.chunk]).add_(sqc)
             d2.masked_fill_(d2 <= self.res2, 0.0)
-            closer = d2 < mind[s:s + self.chunk]
-            mind[s:s + self.chunk] = torch.where(closer, d2, mind[s:s + self.chunk])
+            closer = d2 < d2_to_kept[s:s + self.chunk]
+            d2_to_kept[s:s + self.chunk] = torch.where(closer, d2, d2_to_kept[s:s + self.chunk])
             owner[s:s + self.chunk].masked_fill_(closer, c)
 
-    def update(self, mind: torch.Tensor, owner: torch.Tensor, new: torch.Tensor) -> None:
-        """mind <- min(mind, d2 to the new kept items), owner <- the argmin kept index. Chunked."""
+    def update(self, d2_to_kept: torch.Tensor, owner: torch.Tensor, new: torch.Tensor) -> None:
+        """d2_to_kept <- min(d2_to_kept, d2 to the new kept items), owner <- the argmin kept index. Chunked."""
         xn, sqn = self.x[new], self.sq[new]
         for s in range(0, self.n, self.chunk):
             d2 = self.sq[s:s + self.chunk, None] + sqn[None, :] - 2.0 * (self.x[s:s + self.chunk] @ xn.T)
             d2.masked_fill_(d2 <= self.res2, 0.0)
             best, j = d2.min(dim=1)
-            closer = best < mind[s:s + self.chunk]
-            mind[s:s + self.chunk] = torch.where(closer, best, mind[s:s + self.chunk])
+            closer = best < d2_to_kept[s:s + self.chunk]
+            d2_to_kept[s:s + self.chunk] = torch.where(closer, best, d2_to_kept[s:s + self.chunk])
             owner[s:s + self.chunk] = torch.where(closer, new[j], owner[s:s + self.chunk])
 
 
 class LocalState:
     """The pool (a :class:`_Space`) and, per candidate, the squared distance to its nearest kept item
-    (``mind``, -inf once kept) and that item (``owner``), in this process. Greedy and tdf see the
+    (``d2_to_kept``, -inf once kept) and that item (``owner``), in this process. Greedy and tdf see the
     pool only through these methods, so a sharded state (cluster.selection) gives the same picks."""
 
     def __init__(self, x: np.ndarray, device: torch.device, chunk: int):
         self.sp, self.device = _Space(x, device, chunk), device
         self.n = self.sp.n
-        self.mind = torch.full((self.n,), float("inf"), dtype=torch.float64, device=device)
+        self.d2_to_kept = torch.full((self.n,), float("inf"), dtype=torch.float64, device=device)
         self.owner = torch.full((self.n,), -1, dtype=torch.int64, device=device)
 
     def add_one(self, c: int) -> tuple[int, int]:
         """Keep c; return the next farthest candidate (first index of the largest min-distance) and
         the kept item nearest to it."""
-        self.sp.update_one(self.mind, self.owner, c)
-        self.mind[c] = -float("inf")  # kept: never chosen again (min with d2 >= 0 keeps it -inf)
-        j = int(torch.argmax(self.mind))
+        self.sp.update_one(self.d2_to_kept, self.owner, c)
+        self.d2_to_kept[c] = -float("inf")  # kept: never chosen again (min with d2 >= 0 keeps it -inf)
+        j = int(torch.argmax(self.d2_to_kept))
         return j, int(self.owner[j])
 
     def add(self, new: np.ndarray) -> None:
         """Keep the rows ``new`` (int64 indices)."""
         t = torch.from_numpy(np.asarray(new, dtype=np.int64)).to(self.device)
-        self.sp.update(self.mind, self.owner, t)
-        self.mind[t] = -float("inf")
+        self.sp.update(self.d2_to_kept, self.owner, t)
+        self.d2_to_kept[t] = -float("inf")
 
     def top(self) -> float:
         """The largest min-distance of a candidate not kept (squared)."""
-        return float(self.mind.max())
+        return float(self.d2_to_kept.max())
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mind, owner) of ``rows``, as numpy arrays."""
+        """(d2_to_kept, owner) of ``rows``, as numpy arrays."""
         t = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
-        return self.mind[t].cpu().numpy(), self.owner[t].cpu().numpy()
+        return self.d2_to_kept[t].cpu().numpy(), self.owner[t].cpu().numpy()
 
     def d2(self, rows: np.ndarray) -> np.ndarray:
         """Squared distances among ``rows`` (len, len), resolution-clamped, as numpy."""
@@ -284,7 +283,7 @@ def _tdf(x, n, rng, *, device, chunk, make_state, tau0: float, alpha: float = 0.
 def _sequential_filter(d2: np.ndarray, mind_c: np.ndarray, owner_c: np.ndarray, cand_np: np.ndarray, tau: float,
                        room: int):
     """Within one block, in order: keep a candidate unless an item kept earlier in this block is
-    within tau (items kept before the block were already filtered out through ``mind``). d2: the
+    within tau (items kept before the block were already filtered out through ``d2_to_kept``). d2: the
     candidates' squared distances among themselves; mind_c, owner_c: theirs to the items kept before.
     Returns (positions kept in cand, nearest kept index of each)."""
     alive = np.ones(cand_np.shape[0], dtype=bool)

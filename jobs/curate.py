@@ -115,7 +115,7 @@ def score(args, storage_options=None) -> int:
 
 
 def select(args, storage_options=None) -> int:
-    from collapse.data import manifest as mf
+    from collapse.data import manifest
     from collapse.data import storage
     from collapse.data.samples import SampleSet, write_subset
     from collapse.errors import ConfigError, DataError
@@ -152,7 +152,7 @@ def select(args, storage_options=None) -> int:
                     **({"per_class": True} if args.per_class else {}), **why[sample.key]}
         return dict(sample.meta, decisions=list(sample.meta.get("decisions", [])) + [decision])
     kept = [keys[int(i)] for i in sel.indices]
-    mf.write_manifest(storage.join(args.out, "selection"), {
+    manifest.write_manifest(storage.join(args.out, "selection"), {
         "kind": "selection", "strategy": args.strategy, "features": args.features, "seed": args.seed,
         "params": sel.params, "pool": args.pool, "kept": [{"key": k, **why[k]} for k in kept],
         "dropped": sorted(set(keys) - set(kept))}, storage_options)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from collapse.data import manifest as mf
+from collapse.data import manifest as manifests
 from collapse.data import storage
 from collapse.errors import DamagedError
 
@@ -34,7 +34,7 @@ def upload_files(local_dir: str, url: str, storage_options: dict | None = None, 
 def commit_directory(url: str, records: list[dict], extra: dict | None = None,
                      storage_options: dict | None = None) -> dict:
     manifest = {"kind": KIND, "files": sorted(records, key=lambda r: r["name"]), "extra": dict(extra or {})}
-    mf.write_manifest(url, manifest, storage_options)
+    manifests.write_manifest(url, manifest, storage_options)
     return manifest
 
 
@@ -45,7 +45,7 @@ def upload_directory(local_dir: str, url: str, extra: dict | None = None, storag
 
 def download_directory(url: str, local_dir: str, storage_options: dict | None = None) -> dict:
     """Download a committed directory into ``local_dir`` (checking every file); returns its manifest."""
-    manifest = mf.read_manifest(url, storage_options, kind=KIND)
+    manifest = manifests.read_manifest(url, storage_options, kind=KIND)
     for rec in manifest["files"]:
         part = storage.join(url, rec["name"])
         try:

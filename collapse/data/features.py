@@ -14,7 +14,7 @@ import io
 
 import numpy as np
 
-from collapse.data import manifest as mf
+from collapse.data import manifest as manifests
 from collapse.data import storage
 from collapse.data.samples import SampleSet
 from collapse.data.urls import features_url
@@ -24,7 +24,7 @@ KIND = "features"
 
 
 def _set_fingerprint(sample_set: SampleSet) -> str:
-    return hashlib.sha256(mf.canonical_json(sample_set.manifest).encode()).hexdigest()[:16]
+    return hashlib.sha256(manifests.canonical_json(sample_set.manifest).encode()).hexdigest()[:16]
 
 
 def feature_file(shard_name: str) -> str:
@@ -69,7 +69,7 @@ def commit_features(sample_set: SampleSet, extractor: str, records: list[dict], 
     if len(dims) != 1:
         raise DataError(f"features {extractor!r} of {sample_set.url!r} mix dimensions {sorted(dims)}")
     url = features_url(sample_set.url, extractor)
-    mf.write_manifest(url, {"kind": KIND, "extractor": extractor, "count": sample_set.count, "dim": dims.pop(),
+    manifests.write_manifest(url, {"kind": KIND, "extractor": extractor, "count": sample_set.count, "dim": dims.pop(),
                             "set": _set_fingerprint(sample_set), "identity": identity,
                             "shards": [{k: r[k] for k in ("name", "count", "sha256")} for r in records]},
                       sample_set.storage_options)
@@ -91,13 +91,13 @@ def save_features(sample_set: SampleSet, extractor: str, keys: list[str], values
 
 def has_features(sample_set: SampleSet, extractor: str, identity: str = "") -> bool:
     """Stored features of this version of the set, by an extractor of the same ``identity``."""
-    m = mf.try_read_manifest(features_url(sample_set.url, extractor), sample_set.storage_options)
+    m = manifests.try_read_manifest(features_url(sample_set.url, extractor), sample_set.storage_options)
     return m is not None and m.get("set") == _set_fingerprint(sample_set) and m.get("identity", "") == identity
 
 
 def _manifest(sample_set: SampleSet, extractor: str) -> tuple[str, dict]:
     url = features_url(sample_set.url, extractor)
-    m = mf.read_manifest(url, sample_set.storage_options, kind=KIND)
+    m = manifests.read_manifest(url, sample_set.storage_options, kind=KIND)
     if m.get("set") != _set_fingerprint(sample_set):
         raise NotFinishedError(f"features {url!r} were computed for an earlier version of the set")
     return url, m

@@ -28,10 +28,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from collapse.data import manifest as mf
+from collapse.data import manifest as manifests
 from collapse.data import storage
 from collapse.data.urls import shard_name
-from collapse.errors import DamagedError, DataError
+from collapse.errors import DamagedError, DataError, check_int
 
 KIND = "sample-set"
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no dots: WebDataset splits the extension at the first dot
@@ -156,7 +156,7 @@ def commit_sample_set(set_url: str, records: Sequence[dict], *, config_hash: str
     shape = list(shapes.pop())
     manifest = {"kind": KIND, "version": 1, "count": len(keys), "shape": shape, "mode": image_mode(shape),
                 "config_hash": config_hash, "shards": list(records), "extra": dict(extra or {})}
-    mf.write_manifest(set_url, manifest, storage_options)
+    manifests.write_manifest(set_url, manifest, storage_options)
     return manifest
 
 
@@ -178,10 +178,10 @@ def write_sample_set(set_url: str, samples: Iterable[Sample], *, shard_size: int
     """
     if shard_size < 1:
         raise DataError(f"shard size {shard_size}: expected at least 1 sample per shard")
-    if mf.try_read_manifest(set_url, storage_options) is not None:
+    if manifests.try_read_manifest(set_url, storage_options) is not None:
         if not overwrite:
             raise DataError(f"sample set {set_url!r} already exists (pass overwrite=True to replace it)")
-        storage.remove(mf.manifest_url(set_url), storage_options)
+        storage.remove(manifests.manifest_url(set_url), storage_options)
     records, it = [], iter(samples)
     for index in itertools.count():
         chunk = list(itertools.islice(it, shard_size))
@@ -204,7 +204,7 @@ class SampleSet:
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = url.rstrip("/")
         self.storage_options = storage_options
-        self.manifest = mf.read_manifest(self.url, storage_options, kind=KIND)
+        self.manifest = manifests.read_manifest(self.url, storage_options, kind=KIND)
         self.shape = tuple(self.manifest["shape"])
         self.count = int(self.manifest["count"])
         self.shards = self.manifest["shards"]
@@ -253,8 +253,7 @@ class SampleSet:
     def iter_batches(self, batch_size: int, keys: Iterable[str] | None = None
                      ) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
         """Batches ``(keys, images (B, H, W[, C]) uint8, lineage)``; memory stays bounded by one shard + batch."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size", low=1)
         it = self.iter_samples(keys)
         while chunk := list(itertools.islice(it, batch_size)):
             yield [s.key for s in chunk], np.stack([s.image for s in chunk]), [s.meta for s in chunk]

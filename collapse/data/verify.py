@@ -3,14 +3,14 @@
 Every committed directory of a run has a ``manifest.json``; those of sample sets list each shard's
 sha256 (and keys), those of file directories (models, checkpoints, the classifier) each file's.
 A finding names the part that is damaged and the set it belongs to. Nothing is changed here:
-``collapse run`` rebuilds what its stages can rebuild (see cluster/loop.py).
+``collapse run`` rebuilds what its stages can rebuild (cluster/stages/__init__.py, ``rebuild``).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 
-from collapse.data import directories, manifest as mf, samples, storage
+from collapse.data import directories, manifest, samples, storage
 from collapse.errors import DamagedError, NotFinishedError
 
 
@@ -33,7 +33,7 @@ class Verified:
 
 def verify_set(url: str, storage_options: dict | None = None) -> tuple[int, list[Finding]]:
     """Check one committed directory; ``(parts checked, findings)``. Kinds without parts check nothing."""
-    m = mf.read_manifest(url, storage_options)
+    m = manifest.read_manifest(url, storage_options)
     kind, found = m.get("kind"), []
     if kind == samples.KIND:
         s = samples.SampleSet(url, storage_options)
@@ -71,7 +71,7 @@ def committed_dirs(url: str, storage_options: dict | None = None) -> list[str]:
     base = path.rstrip("/")
     out = []
     for name in sorted(names):
-        if name.rsplit("/", 1)[-1] == mf.MANIFEST_NAME:
+        if name.rsplit("/", 1)[-1] == manifest.MANIFEST_NAME:
             rel = name[len(base):].rsplit("/", 1)[0].strip("/")
             out.append(storage.join(url, rel) if rel else url.rstrip("/"))
     return out
@@ -81,7 +81,7 @@ def verify(url: str, storage_options: dict | None = None) -> Verified:
     """Check ``url``: one committed set, or every committed set under it (a run directory)."""
     dirs = committed_dirs(url, storage_options)
     if not dirs:
-        raise NotFinishedError(f"{url!r} holds no committed set (no {mf.MANIFEST_NAME} at or under it)")
+        raise NotFinishedError(f"{url!r} holds no committed set (no {manifest.MANIFEST_NAME} at or under it)")
     parts, found = 0, []
     for d in dirs:
         n, f = verify_set(d, storage_options)

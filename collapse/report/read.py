@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from collapse import config as cf
-from collapse.data import manifest as mf
+from collapse import config
+from collapse.data import manifest
 from collapse.data import storage
 from collapse.data.samples import SampleSet
 from collapse.data.urls import RunLayout
@@ -100,7 +100,7 @@ def _read_config(run: Run) -> None:
         run.config_yaml = storage.read_bytes(L.config, so).decode()
     except FileNotFoundError:
         run.config_yaml = yaml.safe_dump(run.config, sort_keys=False)
-    run.config_hash = cf.config_hash(run.config)
+    run.config_hash = config.config_hash(run.config)
     run.planned_generations = (run.config.get("run") or {}).get("generations")
 
 
@@ -127,8 +127,8 @@ def _generations(run: Run, owner: str) -> list[Generation]:
             continue
         n = int(m.group(1))
         out.append(Generation(owner, n, _try_set(L.train_set(owner, n), so), _try_set(L.pool(owner, n), so),
-                              mf.try_read_manifest(L.model(owner, n), so),
-                              mf.try_read_manifest(L.selection(owner, n), so),
+                              manifest.try_read_manifest(L.model(owner, n), so),
+                              manifest.try_read_manifest(L.selection(owner, n), so),
                               storage.exists(L.metrics(owner, n), so)))
     return out
 
@@ -175,11 +175,11 @@ def read_stage_times(root: str, storage_options: dict | None = None,
         found = storage.storage_call(url, "cannot list", fs.find, path)
     except FileNotFoundError:
         return {}
-    records = [p for p in found if p.endswith("/" + mf.MANIFEST_NAME)]
+    records = [p for p in found if p.endswith("/" + manifest.MANIFEST_NAME)]
     blobs = storage.storage_call(url, "cannot read", fs.cat, records) if records else {}
     out = {}
     for p in records:
-        key = p[len(path.rstrip("/")) + 1:-len(mf.MANIFEST_NAME) - 1]
+        key = p[len(path.rstrip("/")) + 1:-len(manifest.MANIFEST_NAME) - 1]
         try:
             out[key] = json.loads(blobs[p]).get("wall_s")
         except (ValueError, AttributeError):

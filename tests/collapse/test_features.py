@@ -275,9 +275,10 @@ def test_check_extractors_lists_each_problem_with_its_fix(dinov2_dir, inception_
 
 
 def test_the_extractors_config_section(tmp_path, monkeypatch):
-    from collapse.config import config_hash, diff, load_config
+    from collapse.config import config_hash, diff
     from collapse.config_checks import run_extractor_options, run_extractors
     from collapse.errors import ConfigError
+    from jobs.presets import load_config
     cfg = load_config("cifar10-paper")
     assert (cfg.extractors.dinov2, cfg.extractors.inception) == ("facebook/dinov2-small", "")
     assert run_extractors(cfg) == ["pixel", "dinov2"]
@@ -318,8 +319,8 @@ def test_dry_run_prints_each_extractor_and_exits_2_when_one_is_missing(tmp_path,
 
 def test_a_run_with_a_missing_extractor_stops_before_its_first_stage(tmp_path, monkeypatch):
     from cluster.loop import Loop
-    from collapse.config import load_config
     from collapse.errors import ConfigError
+    from jobs.presets import load_config
     monkeypatch.delenv(ft.INCEPTION_ENV, raising=False)
     cfg = load_config("tiny", [f"run.run_dir={tmp_path / 'run'}", "metrics.features=[pixel,inception]"])
     with pytest.raises(ConfigError, match=r"^extractors: inception: no weights file: set extractors.inception"):
@@ -328,22 +329,22 @@ def test_a_run_with_a_missing_extractor_stops_before_its_first_stage(tmp_path, m
 
 
 def test_the_loop_hands_the_configured_weights_to_the_featurizers(dinov2_dir, tmp_path, monkeypatch):
-    """Loop.featurize passes extractors.* down; a featurizer actor (cluster.featurize.Featurizer,
+    """StageContext.featurize passes extractors.* down; a featurizer actor (cluster.featurize.Featurizer,
     here without Ray) builds its extractor from them and featurizes whole shards."""
-    import cluster.loop
+    import cluster.stages.context
     from cluster.featurize import Featurizer
-    from collapse.config import load_config
     from collapse.data.importers import ingest
+    from jobs.presets import load_config
     cfg = load_config("tiny", [f"run.run_dir={tmp_path / 'run'}", f"extractors.dinov2={dinov2_dir}",
                                "extractors.inception=/weights/fid.pth"])
     seen = {}
-    monkeypatch.setattr(cluster.loop, "featurize", lambda url, name, **kw: seen.setdefault(name, kw["options"]))
-    loop = cluster.loop.Loop(cfg, progress=lambda *_: None)
+    monkeypatch.setattr(cluster.stages.context, "featurize", lambda url, name, **kw: seen.setdefault(name, kw["options"]))
+    ctx = cluster.stages.context.StageContext(cfg, say=lambda *_: None)
     for name in ("pixel", "dinov2", "inception", "classifier"):
-        loop.featurize("memory://set", name, {"cpus": 1.0, "gpus": 0.0})
+        ctx.featurize("memory://set", name, {"cpus": 1.0, "gpus": 0.0})
     assert seen["pixel"] is None and seen["dinov2"] == {"model_id": str(dinov2_dir)}
     assert seen["inception"] == {"weights_path": "/weights/fid.pth"}
-    assert seen["classifier"]["url"] == loop.L.classifier
+    assert seen["classifier"]["url"] == ctx.layout.classifier
     ingest("digits", str(tmp_path / "real"), n=5, progress=lambda *_: None)
     actor = Featurizer(str(tmp_path / "real" / "train"), "dinov2", options=seen["dinov2"])
     rows = actor.rows(0)

@@ -1,14 +1,14 @@
 """Which stages start when (collapse.schedule): the plan's DAG under the cluster's CPUs and GPUs."""
-from collapse import config as cf
 from collapse.plan import plan
 from collapse.schedule import demand, overlaps, ready, runner_resources, startable
+from jobs.presets import load_config
 
 THREE = ("strategies=[{name: vanilla, kind: vanilla}, {name: greedy, kind: greedy, pool_factor: 2, features: pixel},"
          " {name: tdf, kind: tdf, pool_factor: 2, features: pixel, tau0: 20.0, alpha: 0.9}]")
 
 
 def _plan(*overrides):
-    return plan(cf.load_config("tiny", ["run.run_dir=/tmp/x", THREE, *overrides]))
+    return plan(load_config("tiny", ["run.run_dir=/tmp/x", THREE, *overrides]))
 
 
 def _finish_until(p, key):
@@ -90,3 +90,14 @@ def test_overlaps_of_stage_records():
             {"key": "c", "started_at": 10.0, "ended_at": 12.0}, {"key": "d", "started_at": 11.0, "ended_at": 13.0},
             {"key": "old"}]  # a record of an older version: no times
     assert overlaps(recs) == [("a", "b"), ("c", "d")]
+
+
+def test_knn_and_selection_shards():
+    from collapse.schedule import knn_shards, selection_shards
+    assert knn_shards(1000, {"shards": 1}) == 1
+    assert knn_shards(1000, {"shards": 3, "shard_rows": 200_000}) == 3
+    assert knn_shards(1000, {"shards": 1, "shard_rows": 300}) == 4       # ceil(1000 / 300) actors at least
+    assert knn_shards(2, {"shards": 8}) == 2                              # never more actors than rows
+    assert selection_shards(100, "greedy", {"shards": 4}) == 4
+    assert selection_shards(3, "tdf", {"shards": 4}) == 3
+    assert selection_shards(100, "random", {"shards": 4}) == 1            # random measures no distance

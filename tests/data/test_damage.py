@@ -92,10 +92,10 @@ def test_verify_names_every_damaged_part_of_a_run(tmp_path):
 def test_the_loop_rebuilds_a_damaged_real_set_with_ingest_and_goes_on(tmp_path):
     """No Ray: ingest and the training-set copy run in the driver."""
     from cluster.loop import Loop
-    from collapse import config as cf
+    from jobs.presets import load_config
     run = tmp_path / "run"
     said = []
-    loop = Loop(cf.load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
+    loop = Loop(load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
     ingest, train_set = (next(s for s in loop.plan if s.key == k) for k in ("ingest", "shared/gen-001/train-set"))
     loop.run_stage(ingest)
     loop.commit(ingest, 0.0, 0.0)
@@ -104,19 +104,20 @@ def test_the_loop_rebuilds_a_damaged_real_set_with_ingest_and_goes_on(tmp_path):
     loop.run_stage(train_set)  # reads real/train: finds the damage, re-ingests, copies
     assert any("damaged: " in m and "shard-000000.tar" in m and "rebuilding it with ingest" in m for m in said)
     assert np.array_equal(open_sample_set(str(run / "real" / "train")).load()[1], want)
-    assert np.array_equal(open_sample_set(loop.L.train_set("shared", 1)).load()[1], want[:loop.cfg.data.n])
+    assert np.array_equal(open_sample_set(loop.layout.train_set("shared", 1)).load()[1], want[:loop.cfg.data.n])
     assert verify(str(run)).findings == ()
 
 
 def test_damage_outside_the_run_fails_clearly(tmp_path, monkeypatch):
+    import cluster.stages
     from cluster.loop import Loop
-    from collapse import config as cf
-    loop = Loop(cf.load_config("tiny", [f"run.run_dir={tmp_path / 'run'}"]), progress=lambda *_: None)
+    from jobs.presets import load_config
+    loop = Loop(load_config("tiny", [f"run.run_dir={tmp_path / 'run'}"]), progress=lambda *_: None)
     ingest = next(s for s in loop.plan if s.key == "ingest")
 
-    def source_damaged(st):
+    def source_damaged(ctx, stage):
         raise DamagedError("s3://their-data/shard-000007.tar", "s3://their-data", "its sha256 differs")
-    monkeypatch.setattr(loop, "stage_ingest", source_damaged)
+    monkeypatch.setitem(cluster.stages.STAGES, "ingest", source_damaged)
     with pytest.raises(DamagedError, match="their-data/shard-000007.tar.*no stage of this run writes it"):
         loop.run_stage(ingest)
 
@@ -124,7 +125,7 @@ def test_damage_outside_the_run_fails_clearly(tmp_path, monkeypatch):
 @pytest.mark.ceph
 def test_a_restarted_stage_aborts_the_multipart_uploads_left_under_its_outputs(ceph_bucket, monkeypatch):
     from cluster.loop import Loop
-    from collapse import config as cf
+    from jobs.presets import load_config
     endpoint, bucket = ceph_bucket
     fs = endpoint.filesystem()
     name = bucket.split("://", 1)[1]
@@ -136,7 +137,7 @@ def test_a_restarted_stage_aborts_the_multipart_uploads_left_under_its_outputs(c
                  ("AWS_SECRET_ACCESS_KEY", endpoint.secret)):
         monkeypatch.setenv(k, v)
     said = []
-    loop = Loop(cf.load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
+    loop = Loop(load_config("tiny", [f"run.run_dir={run}"]), progress=said.append)
     loop.clear_half_writes(next(s for s in loop.plan if s.key == "ingest"))
     left = sorted(u["Key"] for u in fs.call_s3("list_multipart_uploads", Bucket=name).get("Uploads", []))
     assert left == ["elsewhere/big.bin"]  # only what lay under the stage's outputs

@@ -209,17 +209,18 @@ def test_a_lease_whose_process_on_this_host_is_gone_is_taken_over_at_once(tmp_pa
 
 @pytest.mark.slow
 def test_a_loop_whose_lease_is_taken_mid_stage_commits_nothing_more(tmp_path, monkeypatch):
+    import cluster.stages
     from cluster.loop import Loop
-    from collapse import config as cf
+    from jobs.presets import load_config
     run = str(tmp_path / "run")
     # stages in this process (not in stage runner actors), so that the patched stage is the one that runs
-    cfg = cf.load_config("tiny", [f"run.run_dir={run}", "resources.max_parallel_stages=1"])
+    cfg = load_config("tiny", [f"run.run_dir={run}", "resources.max_parallel_stages=1"])
     lease = _lease(run, clock=time.time).acquire()
     loop = Loop(cfg, progress=lambda *_: None, lease=lease)
 
-    def ingest_then_lose(st):  # another driver takes the run over while this stage runs
+    def ingest_then_lose(ctx, stage):  # another driver takes the run over while this stage runs
         _lease(run, clock=time.time).acquire(take_over=True)
-    monkeypatch.setattr(loop, "stage_ingest", ingest_then_lose)
+    monkeypatch.setitem(cluster.stages.STAGES, "ingest", ingest_then_lose)
     with pytest.raises(LeaseLostError, match="taken over"):
         loop.run()
     assert not (tmp_path / "run" / "stages").exists()  # the stage's record was never committed

@@ -1,0 +1,77 @@
+"""The select stage of generation n: D_{n+1} from the candidates of the strategy's paradigm
+(collapse.paradigms), chosen by its selection (collapse.selection, per class with
+collapse.classes; across actors with cluster.selection for a large pool); the manifest and the
+lineage it writes are collapse.lineage's."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from cluster.selection import sharded_select
+from cluster.stages.context import StageContext
+from collapse import paradigms
+from collapse.classes import select_per_class
+from collapse.data import manifest
+from collapse.data.samples import SampleSet
+from collapse.lineage import kept_lineage, kept_reasons, selection_record
+from collapse.plan import SHARED, Stage
+from collapse.schedule import selection_shards
+from collapse.selection import select
+
+
+def run(ctx: StageContext, stage: Stage) -> None:
+    params, n, storage_options = stage.params, stage.generation, ctx.storage_options
+    # the sets this paradigm reads (the plan's inputs: pool-NNN, and real or train_set when read)
+    real = SampleSet(stage.inputs.get("real", ctx.layout.real("train")), storage_options)
+    pool_size = paradigms.pool_size(ctx.cfg.data.n, params["pool_factor"]) if params["pool_factor"] else None
+    pools = {int(k[5:]): SampleSet(url, storage_options) for k, url in stage.inputs.items() if k.startswith("pool-")}
+    # D_n is a source even when the paradigm does not read it: a key it holds is copied with its lineage
+    train_n = SampleSet(stage.inputs.get("train_set", ctx.layout.train_set(SHARED if n == 1 else params["name"], n)),
+                        storage_options)
+    next_set = paradigms.next_training_set(
+        params["paradigm"], n, N=ctx.cfg.data.n, kind=params["kind"], pool_factor=params["pool_factor"],
+        real_keys=real.keys, pools={g: s.keys[:pool_size] for g, s in pools.items()}, train_keys=train_n.keys,
+        fresh_fraction=params["fresh_fraction"], seed=params["seed"])
+    sources = [real, train_n, *pools.values()]
+    reasons, chosen_by, quotas = {}, None, None
+    if next_set.how == "select":
+        x = candidate_features(ctx, next_set.candidates, sources, params["features"] or "pixel")
+        selection_params = {k: params[k] for k in ("tau0", "alpha") if params.get(k) is not None}
+        shards = selection_shards(len(x), params["kind"], stage.resources)
+        select_fn = select
+        if shards > 1:  # the pool across actors: the same picks (cluster.selection)
+            select_fn = functools.partial(sharded_select, shards=shards, cpus_per_shard=stage.resources["cpus"],
+                                          gpus_per_shard=stage.resources["gpus"])
+        if params.get("per_class"):  # each class keeps its share of the candidates (collapse.classes)
+            labels = ctx.labels_of(sources, next_set.candidates, f"the candidates of {stage.key}")
+            chosen = select_per_class(x, [labels[k] for k in next_set.candidates], next_set.choose, params["kind"],
+                                      next_set.seed, ctx.cfg.model.num_classes, select_fn=select_fn,
+                                      **selection_params)
+            quotas = chosen.params["per_class"]
+        else:
+            chosen = select_fn(x, next_set.choose, params["kind"], seed=next_set.seed, **selection_params)
+        keys = next_set.keys(chosen.indices.tolist())
+        reasons, chosen_by = kept_reasons(next_set.candidates, chosen.columns()), chosen.params
+    else:
+        keys = next_set.keys()
+    manifest.write_manifest(stage.outputs["selection"], selection_record(
+        next_set, keys, strategy=params["name"], kind=params["kind"], generation=n, reasons=reasons,
+        params=chosen_by, per_class_quotas=quotas), storage_options)
+    lineage = kept_lineage(next_set, keys, strategy=params["name"], generation=n, reasons=reasons,
+                           per_class=bool(params.get("per_class")))
+    ctx.write_subset(sources, list(keys), stage.outputs["train_set"], lineage)
+
+
+def candidate_features(ctx: StageContext, keys, sources, extractor: str) -> np.ndarray:
+    """The features of ``keys`` in ``extractor``'s space, each read from the first source that holds it."""
+    from collapse.data.features import load_features
+    rows, where = {}, {}
+    for s in sources:
+        for k in s.keys:
+            where.setdefault(k, s)
+    for s in {id(where[k]): where[k] for k in keys}.values():
+        mine = [k for k in keys if where[k] is s]
+        ctx.featurize(s.url, extractor, {"cpus": 1.0, "gpus": 0.0})
+        rows.update(zip(mine, load_features(s, extractor, keys=mine)))
+    return np.stack([rows[k] for k in keys])
