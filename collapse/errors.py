@@ -15,7 +15,13 @@ class DataError(CollapseError, ValueError):
 
 
 class StorageError(CollapseError, OSError):
-    """A storage URL cannot be used: unknown scheme, unreachable endpoint, refused credentials."""
+    """A storage URL cannot be used: unknown scheme, unreachable endpoint, refused credentials.
+    ``transient``: the store may answer if asked again later (throttled past the client's retries,
+    unreachable for a while), so a stage that meets it may run again (cluster.stages.run_stage)."""
+
+    def __init__(self, *args, transient: bool = False):
+        super().__init__(*args)
+        self.transient = transient
 
 
 class NotFinishedError(DataError):
@@ -52,6 +58,17 @@ def find_damage(exc: BaseException) -> tuple[str, str] | None:
         m = re.search(r"'([^']+)' of '([^']+)' is damaged", str(e))
         if m:
             return m.group(2), m.group(1)
+        e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
+    return None
+
+
+def transient_storage_error(exc: BaseException) -> "StorageError | None":
+    """The first StorageError marked transient in ``exc`` or its causes (a Ray task error's too)."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, StorageError):
+            return e if e.transient else None
         e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
     return None
 

@@ -309,3 +309,35 @@ def test_a_worker_raylet_killed_mid_sample(store, reference, three_nodes):
 def test_a_worker_raylet_killed_mid_score(store, reference, three_nodes):
     _kill_a_node_mid_stage(store, reference, three_nodes, "raylet mid-score", b"ReferenceShard",
                            "resources.scorer_shards=2")
+
+
+FLAKY_RUNS = 3
+
+
+def test_a_flaky_store(store, reference):
+    """Fresh runs on a store behind tests/flaky_store.py at a bad day of a real cloud: 5% of requests
+    throttled (503 SlowDown), 2% of connections reset (half of them after the store applied the
+    request, its answer lost), 2% delayed by 2 s. Each run must complete in one submission, with the
+    undisturbed run's sets, selections and figures."""
+    from tests.flaky_store import FlakyStore, Rates
+    from tests.s3_endpoint import S3Endpoint
+    endpoint, bucket, opts, logs = store
+    rates = Rates(throttle=0.05, reset_before=0.01, reset_after=0.01, delay=0.02, delay_s=2.0)
+    totals, completed, submissions = Counter(), 0, []
+    for i in range(FLAKY_RUNS):
+        root, log = f"{bucket}/flaky-store-{i}", logs / f"flaky-store-{i}.log"
+        with FlakyStore(endpoint.endpoint_url, rates, seed=SEED + i) as flaky:
+            d = Driver(S3Endpoint(flaky.endpoint_url, endpoint.key, endpoint.secret), root, log)
+            rc = d.wait()
+            totals.update(flaky.counts)
+        submissions.append(1 if rc == 0 else None)
+        assert rc == 0, f"run {i} on the flaky store failed in its one submission: {d.text()[-3000:]}"
+        lost, duplicated, equal = compare(reference, outcome(root, opts))
+        assert (lost, duplicated, equal) == (0, 0, True), (i, lost, duplicated, equal)
+        completed += 1
+    retries = totals["throttle"] + totals["reset_before"] + totals["reset_after"]
+    row("flaky store", retries + totals["delay"], completed, reference, f"{bucket}/flaky-store-0", opts,
+        note=f"{FLAKY_RUNS} runs, seeds {SEED}..{SEED + FLAKY_RUNS - 1}, rates {rates}: {totals['requests']} requests, "
+             f"{totals['throttle']} throttled, {totals['reset_before']} reset before and {totals['reset_after']} after "
+             f"forwarding, {totals['delay']} delayed; {retries} client retries at least (one per fault that "
+             f"failed a request); submissions per run {submissions}")

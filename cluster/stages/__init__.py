@@ -14,7 +14,7 @@ from cluster.runtime import lost_to_the_cluster
 from cluster.stages import classifier, featurize, ingest, sample, score, select, train, train_set
 from cluster.stages.context import StageContext
 from collapse.data import manifest, storage
-from collapse.errors import DamagedError, find_damage
+from collapse.errors import DamagedError, find_damage, transient_storage_error
 from collapse.plan import Stage
 
 # stage name (collapse.plan.STAGES) -> its runner
@@ -22,14 +22,17 @@ STAGES = {"ingest": ingest.run, "classifier": classifier.run, "featurize-real": 
           "train-set": train_set.run, "train": train.run, "sample": sample.run, "featurize": featurize.run,
           "score": score.run, "select": select.run}
 
-ATTEMPTS = 3   # a stage runs at most this often in one process (lost workers, rebuilt inputs)
+ATTEMPTS = 3   # a stage runs at most this often in one process (lost workers, storage errors, rebuilt inputs)
+STORAGE_WAIT_S = (15.0, 60.0)   # before the second and third run of a stage that met a transient storage error
 MAX_REBUILD_DEPTH = 4
 
 
 def run_stage(ctx: StageContext, stage: Stage, depth: int = 0) -> None:
-    """Run ``stage``. A stage that lost an actor, worker or node runs again (what it committed stays);
-    one that finds committed bytes differing from their manifest has the stage that wrote them
-    rebuild them (deterministically), then runs again."""
+    """Run ``stage``. A stage that lost an actor, worker or node, or met a storage error that may pass
+    (collapse.errors.transient_storage_error: throttled past the client's retries, the endpoint
+    unreachable for a while), runs again, up to ATTEMPTS runs (what it committed stays); one that
+    finds committed bytes differing from their manifest has the stage that wrote them rebuild them
+    (deterministically), then runs again."""
     for attempt in range(ATTEMPTS):
         try:
             return STAGES[stage.name](ctx, stage)
@@ -39,6 +42,12 @@ def run_stage(ctx: StageContext, stage: Stage, depth: int = 0) -> None:
             if not last and damage is None and lost_to_the_cluster(e):
                 ctx.say(f"{stage.key}: lost a worker of the cluster ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); running the stage again")
+                continue
+            storage_error = transient_storage_error(e)
+            if not last and damage is None and storage_error is not None:
+                # what the stage committed stays: running it again redoes only what is missing
+                ctx.say(f"{stage.key}: {storage_error}; running the stage again in {STORAGE_WAIT_S[attempt]:.0f} s")
+                time.sleep(STORAGE_WAIT_S[attempt])
                 continue
             if damage is None or last or depth > MAX_REBUILD_DEPTH:
                 raise

@@ -10,6 +10,7 @@ completes, so object stores get one ``put``/``pipe`` of finished bytes; ``file:/
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from typing import Any
@@ -23,8 +24,17 @@ from collapse.errors import StorageError
 SUPPORTED_SCHEMES = ("file", "local", "s3", "s3a", "gs", "gcs", "memory")
 _OBJECT_STORES = ("s3", "s3a", "gs", "gcs")
 
-# Fail fast on an unreachable endpoint instead of botocore's long default retries.
-_S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}}
+# A throttled or flaky store is waited out; an unreachable endpoint fails within seconds:
+# - botocore's "standard" retry mode (exponential backoff with jitter) retries throttling (503
+#   SlowDown), 5xx answers, timeouts and dropped connections: 3 attempts per call;
+# - around each call, s3fs retries SlowDown and read timeouts up to S3FS_RETRIES times, waiting
+#   0.1 * 1.7^i s (~28 s in all for 10; s3fs's class default is 5, ~2 s), so a store that throttles
+#   for a while is waited out;
+# - a refused connection is retried by botocore only: 3.5 s until the error names the endpoint.
+# tests/data/test_flaky_store.py runs the storage layer through a proxy that injects these faults.
+S3FS_RETRIES = 10
+_S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                                  "retries": {"mode": "standard", "max_attempts": 3}}}
 
 
 def storage_options_for(url: str) -> dict | None:
@@ -58,6 +68,8 @@ def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.Abstr
         fs, path = url_to_fs(url, **options)
     except ImportError as e:
         raise StorageError(f"cannot open {url!r}: the driver for {scheme!r} is not installed ({e})") from e
+    if scheme in ("s3", "s3a"):
+        fs.retries = S3FS_RETRIES  # an attribute of s3fs's, not a constructor argument
     return fs, path
 
 
@@ -84,11 +96,13 @@ def storage_call(url: str, what: str, fn, *args, **kwargs):
     except StorageError:
         raise
     except OSError as e:
-        raise StorageError(f"{what} {url!r}: storage error ({_describe(e)})") from e
+        raise StorageError(f"{what} {url!r}: storage error ({_describe(e)})",
+                           transient=e.errno != errno.ENOSPC) from e
     except Exception as e:  # botocore/aiohttp connection errors are not OSErrors
         name = type(e).__name__
         if "Endpoint" in name or "Connect" in name or "Credential" in name or "ClientError" in name:
-            raise StorageError(f"{what} {url!r}: cannot reach the storage endpoint ({_describe(e)})") from e
+            raise StorageError(f"{what} {url!r}: cannot reach the storage endpoint ({_describe(e)})",
+                               transient="Credential" not in name) from e
         raise
 
 
@@ -176,8 +190,12 @@ def abort_multipart_uploads(url: str, storage_options: dict | None = None) -> li
     while True:
         page = storage_call(url, "cannot list the uploads of", fs.call_s3, "list_multipart_uploads", **kw)
         for u in page.get("Uploads", []):
-            storage_call(url, "cannot abort an upload under", fs.call_s3, "abort_multipart_upload",
-                         Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            try:
+                storage_call(url, "cannot abort an upload under", fs.call_s3, "abort_multipart_upload",
+                             Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+            except StorageError as e:
+                if "NoSuchUpload" not in str(e):
+                    raise   # else: aborted already (a retried abort whose first answer was lost)
             aborted.append(u["Key"])
         if not page.get("IsTruncated"):
             return aborted

@@ -1,4 +1,4 @@
-"""check_int, the one check that an argument is an integer in range (collapse.errors)."""
+"""collapse.errors: check_int, the one check that an argument is an integer in range; StorageError.transient."""
 import numpy as np
 import pytest
 
@@ -42,3 +42,22 @@ def test_the_callers_share_it():
         sample_seed(0, 1.0, 0)
     with pytest.raises(ValueError, match=r"^n must be an int in \[1, 4\], got 5"):
         select(np.zeros((4, 2)), 5, "random")
+
+
+def test_storage_errors_say_whether_they_may_pass():
+    import errno
+
+    from collapse.data.storage import storage_call
+    from collapse.errors import StorageError
+
+    def raises(e):
+        def fn():
+            raise e
+        return fn
+    cases = {OSError(errno.EBUSY, "Please reduce your request rate."): True,
+             OSError(errno.ENOSPC, "No space left on device"): False,
+             PermissionError("denied"): False}
+    for error, transient in cases.items():
+        with pytest.raises(StorageError) as e:
+            storage_call("s3://b/k", "cannot write", raises(error))
+        assert e.value.transient is transient and str(e.value).startswith("cannot write 's3://b/k': ")
