@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from collapse.selection import Selection, select
+from collapse.selection import Selection, select, update_nearest_kept, update_nearest_kept_one
 
 
 class PoolShard:
@@ -55,13 +55,8 @@ class PoolShard:
         """Update with kept item c (its centred row xc, squared norm sqc); the local farthest candidate:
         (value, global index, owner, row, squared norm)."""
         t = self.torch
-        xc_t = t.from_numpy(xc).to(self.dev)
-        for s in range(0, self.n, self.chunk):   # as collapse.selection._Space.update_one
-            d2 = t.mv(self.x[s:s + self.chunk], xc_t).mul_(-2.0).add_(self.sq[s:s + self.chunk]).add_(sqc)
-            d2.masked_fill_(d2 <= self.res2, 0.0)
-            closer = d2 < self.d2_to_kept[s:s + self.chunk]
-            self.d2_to_kept[s:s + self.chunk] = t.where(closer, d2, self.d2_to_kept[s:s + self.chunk])
-            self.owner[s:s + self.chunk].masked_fill_(closer, c)
+        update_nearest_kept_one(self.x, self.sq, self.res2, self.chunk, self.d2_to_kept, self.owner,
+                                t.from_numpy(xc).to(self.dev), sqc, c)
         if self.offset <= c < self.offset + self.n:
             self.d2_to_kept[c - self.offset] = -float("inf")
         j = int(t.argmax(self.d2_to_kept))
@@ -70,15 +65,9 @@ class PoolShard:
     def add(self, new: np.ndarray, xn: np.ndarray, sqn: np.ndarray) -> None:
         """Update with the kept items ``new`` (global indices, centred rows, squared norms)."""
         t = self.torch
-        xn_t, sqn_t = t.from_numpy(xn).to(self.dev), t.from_numpy(sqn).to(self.dev)
         new_t = t.from_numpy(np.asarray(new, dtype=np.int64)).to(self.dev)
-        for s in range(0, self.n, self.chunk):   # as collapse.selection._Space.update
-            d2 = self.sq[s:s + self.chunk, None] + sqn_t[None, :] - 2.0 * (self.x[s:s + self.chunk] @ xn_t.T)
-            d2.masked_fill_(d2 <= self.res2, 0.0)
-            best, j = d2.min(dim=1)
-            closer = best < self.d2_to_kept[s:s + self.chunk]
-            self.d2_to_kept[s:s + self.chunk] = t.where(closer, best, self.d2_to_kept[s:s + self.chunk])
-            self.owner[s:s + self.chunk] = t.where(closer, new_t[j], self.owner[s:s + self.chunk])
+        update_nearest_kept(self.x, self.sq, self.res2, self.chunk, self.d2_to_kept, self.owner,
+                            t.from_numpy(xn).to(self.dev), t.from_numpy(sqn).to(self.dev), new_t)
         local = new_t[(new_t >= self.offset) & (new_t < self.offset + self.n)] - self.offset
         self.d2_to_kept[local] = -float("inf")
 

@@ -155,24 +155,39 @@ class _Space:
 
     def update_one(self, d2_to_kept: torch.Tensor, owner: torch.Tensor, c: int) -> None:
         """:meth:`update` for one new kept item c (a matrix-vector product per chunk)."""
-        xc, sqc = self.x[c], self.sq[c]
-        for s in range(0, self.n, self.chunk):
-            d2 = torch.mv(self.x[s:s + self.chunk], xc).mul_(-2.0).add_(self.sq[s:s + self.chunk]).add_(sqc)
-            d2.masked_fill_(d2 <= self.res2, 0.0)
-            closer = d2 < d2_to_kept[s:s + self.chunk]
-            d2_to_kept[s:s + self.chunk] = torch.where(closer, d2, d2_to_kept[s:s + self.chunk])
-            owner[s:s + self.chunk].masked_fill_(closer, c)
+        update_nearest_kept_one(self.x, self.sq, self.res2, self.chunk, d2_to_kept, owner, self.x[c], self.sq[c], c)
 
     def update(self, d2_to_kept: torch.Tensor, owner: torch.Tensor, new: torch.Tensor) -> None:
         """d2_to_kept <- min(d2_to_kept, d2 to the new kept items), owner <- the argmin kept index. Chunked."""
-        xn, sqn = self.x[new], self.sq[new]
-        for s in range(0, self.n, self.chunk):
-            d2 = self.sq[s:s + self.chunk, None] + sqn[None, :] - 2.0 * (self.x[s:s + self.chunk] @ xn.T)
-            d2.masked_fill_(d2 <= self.res2, 0.0)
-            best, j = d2.min(dim=1)
-            closer = best < d2_to_kept[s:s + self.chunk]
-            d2_to_kept[s:s + self.chunk] = torch.where(closer, best, d2_to_kept[s:s + self.chunk])
-            owner[s:s + self.chunk] = torch.where(closer, new[j], owner[s:s + self.chunk])
+        update_nearest_kept(self.x, self.sq, self.res2, self.chunk, d2_to_kept, owner, self.x[new], self.sq[new], new)
+
+
+def update_nearest_kept_one(x: torch.Tensor, sq: torch.Tensor, res2: float, chunk: int, d2_to_kept: torch.Tensor,
+                            owner: torch.Tensor, x_kept: torch.Tensor, sq_kept, kept: int) -> None:
+    """Rows ``x`` (squared norms ``sq``) learn their squared distance to one newly kept item (its row
+    ``x_kept``, squared norm ``sq_kept``, index ``kept``): ``d2_to_kept`` <- the smaller, ``owner`` <-
+    ``kept`` where it is closer. Distances at or below ``res2`` count as 0. In place, ``chunk`` rows at
+    a time. The whole pool (LocalState) and each shard of it (cluster.selection.PoolShard) call this
+    one function, so that they pick the same items."""
+    for s in range(0, x.shape[0], chunk):
+        d2 = torch.mv(x[s:s + chunk], x_kept).mul_(-2.0).add_(sq[s:s + chunk]).add_(sq_kept)
+        d2.masked_fill_(d2 <= res2, 0.0)
+        closer = d2 < d2_to_kept[s:s + chunk]
+        d2_to_kept[s:s + chunk] = torch.where(closer, d2, d2_to_kept[s:s + chunk])
+        owner[s:s + chunk].masked_fill_(closer, kept)
+
+
+def update_nearest_kept(x: torch.Tensor, sq: torch.Tensor, res2: float, chunk: int, d2_to_kept: torch.Tensor,
+                        owner: torch.Tensor, x_kept: torch.Tensor, sq_kept: torch.Tensor, kept: torch.Tensor) -> None:
+    """:func:`update_nearest_kept_one` for several newly kept items at once (rows ``x_kept``, squared
+    norms ``sq_kept``, indices ``kept``): the nearest of them per row."""
+    for s in range(0, x.shape[0], chunk):
+        d2 = sq[s:s + chunk, None] + sq_kept[None, :] - 2.0 * (x[s:s + chunk] @ x_kept.T)
+        d2.masked_fill_(d2 <= res2, 0.0)
+        best, j = d2.min(dim=1)
+        closer = best < d2_to_kept[s:s + chunk]
+        d2_to_kept[s:s + chunk] = torch.where(closer, best, d2_to_kept[s:s + chunk])
+        owner[s:s + chunk] = torch.where(closer, kept[j], owner[s:s + chunk])
 
 
 class LocalState:
