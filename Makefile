@@ -9,10 +9,15 @@ STAMP := $(VENV)/.collapse-installed
 .PHONY: demo demo-quick test faults setup system system-demo bench
 
 # The main job on the embedded default: a local Ray on 127.0.0.1, a local run directory, and
-# Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden.
+# Fashion-MNIST from the Debian package. RUN_DIR and ARGS may be overridden. On a machine with a
+# CUDA GPU (nvidia-smi lists one) the same command runs the demo-gpu preset and says so first;
+# DEMO=demo or DEMO=demo-gpu chooses.
 RUN_DIR ?= runs/demo
+GPU := $(shell nvidia-smi -L 2>/dev/null | grep -m1 '^GPU')
+DEMO ?= $(if $(GPU),demo-gpu,demo)
 demo: $(STAMP) system-demo
-	$(VENV)/bin/collapse run --config demo --run-dir $(RUN_DIR) $(ARGS)
+	@echo "make demo: $(if $(GPU),a CUDA GPU ($(GPU)),no CUDA GPU): the $(DEMO) preset, run directory $(RUN_DIR)"
+	$(VENV)/bin/collapse run --config $(DEMO) --run-dir $(RUN_DIR) $(ARGS)
 
 # A smoke run of the same loop on the tiny preset (minutes; its 20-step models make noise, and the
 # report says so).

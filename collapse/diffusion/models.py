@@ -7,11 +7,16 @@ unconditional model (a class-conditional one adds ``(num_classes + 1) * 4 * widt
 | preset        | image    | widths                      | layers | attention           | params  |
 |---------------|----------|-----------------------------|--------|---------------------|---------|
 | tiny          | 16x16x1  | 32, 64                      | 1      | none                | 651,041 |
+| narrow        | 16x16x1  | 16, 32 (8 norm groups)      | 1      | none                | 163,985 |
 | small-28      | 28x28x1  | 32, 64, 64                  | 1      | 3rd down, 1st up    | 1.11M   |
 | small-32      | 32x32x1  | 32, 64, 64                  | 1      | 3rd down, 1st up    | 1.11M   |
 | cifar10-paper | 32x32x3  | 48, 48, 96, 96, 192, 192    | 2      | 5th down, 2nd up    | 16.01M  |
 
-``tiny`` is for tests. ``small-*`` are for real grey data on CPU (MNIST-like at 28 px, 32 px
+``tiny`` is for tests. ``narrow`` is the demo's: tiny at half the width, a quarter of its FLOPs
+(0.091 against 0.365 GFLOP per image of a training step at 16x16, torch's flop counter); at N =
+100 and 3000 steps it copies less than tiny at generation 1 and clearly by generation 2
+(bench/demo_experiments.py; the table in jobs/presets/demo.yaml).
+``small-*`` are for real grey data on CPU (MNIST-like at 28 px, 32 px
 sets): attention only at the lowest resolution (7x7 or 8x8); measured on one thread of this
 machine at 28 px, ~1.4 AdamW steps/s at batch 64 and ~16 images/s with DDIM-20 (widths
 (32, 64, 128) gave 2.7M parameters at ~1.1 steps/s and ~10 images/s).
@@ -53,6 +58,7 @@ class UNetPreset:
 
 UNET_PRESETS: dict[str, UNetPreset] = {
     "tiny": UNetPreset(16, 1, (32, 64), 1, (False, False), (False, False)),
+    "narrow": UNetPreset(16, 1, (16, 32), 1, (False, False), (False, False), norm_num_groups=8),
     "small-28": UNetPreset(28, 1, (32, 64, 64), 1, (False, False, True), (True, False, False)),
     "small-32": UNetPreset(32, 1, (32, 64, 64), 1, (False, False, True), (True, False, False)),
     "cifar10-paper": UNetPreset(

@@ -133,7 +133,7 @@ BAD = [
     (["sample.method=euler"], "sample.method", "allowed: ddpm, ddim"),
     (["sample.steps=1001"], "sample.steps", r"allowed: \[1, 1000\]"),
     (["sample.guidance_scale=3"], "sample.guidance_scale", "class-conditional"),
-    (["model.preset=huge"], "model.preset", "allowed: cifar10-paper, small-28, small-32, tiny"),
+    (["model.preset=huge"], "model.preset", "allowed: cifar10-paper, narrow, small-28, small-32, tiny"),
     (["model.num_classes=1"], "model.num_classes", "allowed: 0"),
     (["model.num_classes=5"], "model.num_classes", "fashion-mnist has 10 classes"),
     (["model.num_classes=10", "model.p_uncond=0", "sample.guidance_scale=3"], "sample.guidance_scale",

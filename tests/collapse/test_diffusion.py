@@ -48,7 +48,8 @@ def test_preset_parameter_counts():
     n = num_params(unet_from_preset("cifar10-paper"))
     assert abs(n - 16.0e6) <= 0.1e6, n  # docs/SCIENCE.md: 16.0M
     assert num_params(unet_from_preset("tiny", num_classes=10)) - 651_041 == 11 * 4 * 32
-    assert set(UNET_PRESETS) == {"tiny", "small-28", "small-32", "cifar10-paper"}
+    assert num_params(unet_from_preset("narrow")) == 163_985
+    assert set(UNET_PRESETS) == {"tiny", "narrow", "small-28", "small-32", "cifar10-paper"}
     unet, sched = build("tiny", num_classes=2)
     assert null_class(unet) == 2 and sched.config.num_train_timesteps == 1000
 

@@ -125,9 +125,14 @@ def makefile():
 
 
 def make_expand(text: str, variables: dict) -> str:
+    """``text`` expanded as make would on a machine without a GPU: $(shell ...) gives nothing here
+    (the one shell call, nvidia-smi, finds no GPU), so $(if COND,THEN,ELSE) with an empty COND is ELSE."""
     def one(m):
         return make_expand(variables.get(m.group(1), ""), variables)
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text).replace("$$", "$")
+    text = re.sub(r"\$\(shell [^()]*\)", "", text)
+    text = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
+    return re.sub(r"\$\(if ([^,()]*),([^,()]*),([^,()]*)\)", lambda m: m.group(2) if m.group(1).strip() else m.group(3),
+                  text).replace("$$", "$")
 
 
 def invocation(where: str, text: str) -> DocCommand | None:
