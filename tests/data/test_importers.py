@@ -118,6 +118,19 @@ def test_webdataset_source(tmp_path):
         with pytest.raises(DataError, match=f"foreign-000.tar: .*{message}"):
             ingest(f"wds:{path}", str(tmp_path / f"w-{cut}"), **QUIET)
         assert not (tmp_path / f"w-{cut}" / "train" / "manifest.json").exists()
+    # a whole tar whose second image is a PNG cut short: it decodes to fewer pixels than its header says
+    with tarfile.open(path, "w") as tar:
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((6, 6), i * 40, np.uint8)).save(buf, format="PNG")
+            png = buf.getvalue()
+            data = png[:len(png) - 30] if i == 1 else png   # its IDAT data ends early
+            info = tarfile.TarInfo(f"x{i}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"foreign-000.tar#x1: not a readable PNG \(image file is truncated"):
+        ingest(f"wds:{path}", str(tmp_path / "w-png"), **QUIET)
+    assert not (tmp_path / "w-png" / "train" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("kwargs, message", [
