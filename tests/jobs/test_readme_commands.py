@@ -301,3 +301,14 @@ def test_each_documented_run_prints_its_plan_with_dry_run(cmd, tmp_path, monkeyp
     assert re.search(r"^plan: \d+ stages under \S+", out, re.M) and "\ntotals: " in out, shown
     assert local_run_dir is None or not local_run_dir.exists(), f"{shown}\na dry run wrote {local_run_dir}"
     assert not any(cwd.iterdir()), f"{shown}\na dry run wrote {list(cwd.iterdir())}"
+
+
+def test_make_demo_runs_the_gpu_preset_where_nvidia_smi_lists_a_gpu():
+    """The GPU branch of `make demo` (no GPU here: nvidia-smi's answer is given as GPU=...)."""
+    import subprocess
+    run = lambda *a: subprocess.run(["make", "-n", "demo", *a], cwd=ROOT, capture_output=True, text=True,  # noqa: E731
+                                    check=True).stdout
+    gpu = run("GPU=GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-x)")
+    assert "collapse run --config demo-gpu --run-dir runs/demo" in gpu and "a CUDA GPU (GPU 0: NVIDIA H100" in gpu
+    cpu = run("GPU=")
+    assert "collapse run --config demo --run-dir runs/demo" in cpu and "no CUDA GPU: the demo preset" in cpu
