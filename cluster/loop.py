@@ -95,7 +95,7 @@ class Loop:
         finished = {s.key for s in self.plan if s not in todo}
         cap = self.cfg.resources.max_parallel_stages
         idle, running, failure = {}, {}, None  # idle: (cpus, gpus) -> runners; running: ref -> (stage, runner, attempt)
-        eta, t_start = ETA(side_by_side=True), time.perf_counter()
+        eta, t_start = ETA(side_by_side=True, lanes=cap), time.perf_counter()
 
         def launch(stage, attempt: int = 0) -> None:
             self.clear_half_writes(stage)

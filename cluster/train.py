@@ -142,6 +142,8 @@ def train_loop_per_worker(config: dict) -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (docs/PLATFORM.md)
     _quiet_reports()
     spec = TrainSpec(**config["spec"])
+    if not on_gpu:
+        torch.set_num_threads(config.get("threads", 1))
     so, model_url = config.get("storage_options"), config["model_url"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -342,7 +344,7 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
         train_loop_per_worker,
         train_loop_config={"spec": dataclasses.asdict(spec), "spec_hash": spec_hash, "train_url": train_url,
                            "model_url": model_url, "storage_options": storage_options, "conditional": conditional,
-                           "fail_at_step": fail_at_step},
+                           "fail_at_step": fail_at_step, "threads": max(1, int(cpus_per_worker))},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus_per_worker,

@@ -23,20 +23,29 @@ import time
 EVERY_S = 30.0
 
 #: Seconds per unit of work assumed for a stage kind until one of its stages is timed in this run:
-#: about what the tiny and demo UNets take on two CPU cores (a GPU is faster: the measured rate
-#: replaces these after the first stage of each kind). Other stage kinds: seconds per stage.
-DEFAULT_RATES = {"train": 0.25, "sample": 0.1, "featurize": 0.01, "score": 0.002, "select": 0.001}
+#: about what the demo's narrow UNet takes on one CPU core (a training step of batch 64: 0.12 s; a
+#: GPU is faster: the measured rate replaces these after the first stage of each kind). Other stage
+#: kinds: seconds per stage.
+DEFAULT_RATES = {"train": 0.12, "sample": 0.1, "featurize": 0.01, "score": 0.002, "select": 0.001}
+
+#: The owner of the stages every strategy shares (collapse.plan.SHARED; not imported: this module is pure)
+SHARED = "shared"
 DEFAULT_STAGE_S = 2.0
 
 
 class ETA:
     """The time left, from the seconds per unit of work of the stages finished in this process
     (train: steps; sample: pool images; featurize: images; score: scored samples; select:
-    candidates; else: 1 per stage), or the stated default of a kind not timed yet."""
+    candidates; else: 1 per stage), or the stated default of a kind not timed yet.
+
+    One after another (``side_by_side=False``) the time left is the sum over the stages left. Side
+    by side, the strategies' chains overlap: the time left is that of the shared stages (``SHARED``,
+    the ingest) plus the longest chain, or the chains' sum over ``lanes`` when fewer lanes than
+    chains run at once. Rates measured side by side already hold the slowdown of sharing the CPUs."""
     UNITS = {"train": "steps", "sample": "pool", "featurize": "images", "score": "generated", "select": "candidates"}
 
-    def __init__(self, side_by_side: bool = False):
-        self.word = "ETA <=" if side_by_side else "ETA"  # the sum of what is left bounds stages that overlap
+    def __init__(self, side_by_side: bool = False, lanes: int = 0):
+        self.side_by_side, self.lanes = side_by_side, int(lanes)
         self.rate: dict[str, float] = {}
         self.seen: dict[str, list[float]] = {}
 
@@ -52,15 +61,30 @@ class ETA:
     def seconds_per_unit(self, name: str) -> float:
         return self.rate.get(name, DEFAULT_RATES.get(name, DEFAULT_STAGE_S))
 
+    def stage_s(self, stage) -> float:
+        return self.seconds_per_unit(stage.name) * self.units(stage)
+
     def left_s(self, left: list) -> float:
-        return sum(self.seconds_per_unit(s.name) * self.units(s) for s in left)
+        if not self.side_by_side:
+            return sum(self.stage_s(s) for s in left)
+        shared, chains = 0.0, {}
+        for s in left:
+            chain = getattr(s, "strategy", SHARED)
+            if chain == SHARED:
+                shared += self.stage_s(s)
+            else:
+                chains[chain] = chains.get(chain, 0.0) + self.stage_s(s)
+        if not chains:
+            return shared
+        lanes = min(self.lanes, len(chains)) if self.lanes > 0 else len(chains)
+        return shared + max(max(chains.values()), sum(chains.values()) / lanes)
 
     def say(self, left: list, elapsed: float) -> str:
         text = f"{elapsed / 60:.1f} min so far"
         if not left:
             return text
         assumed = sorted({s.name for s in left if s.name not in self.rate})
-        text += f", {self.word} {self.left_s(left) / 60:.1f} min"
+        text += f", ETA {self.left_s(left) / 60:.1f} min"
         return text + (f" (default rates until timed: {', '.join(assumed)})" if assumed else "")
 
 

@@ -67,17 +67,25 @@ def test_overrides_of_fields_lists_and_the_yaml_float_quirk():
     assert isinstance(cfg.train.lr, float) and cfg.data.n == 100
 
 
+# the demo with tdf as a third strategy, as its preset's comment writes it
+TDF = ["strategies=vanilla,greedy,tdf", "strategies.tdf={pool_factor: 2, features: classifier, tau0: 6.0}"]
+
+
+def three(*overrides):
+    return load_config("demo", [*TDF, *overrides])
+
+
 def test_strategy_overrides():
-    demo = load_config("demo")
-    cfg = load_config("demo", ["strategies=tdf,vanilla"])                 # keeps their settings, in this order
+    demo = three()
+    cfg = three("strategies=tdf,vanilla")                  # keeps their settings, in this order
     assert cfg.strategies == (demo.strategy("tdf"), demo.strategy("vanilla"))
-    cfg = load_config("demo", ["strategies=vanilla,g5:greedy,random", "strategies.g5.pool_factor=5",
+    cfg = three(*["strategies=vanilla,g5:greedy,random", "strategies.g5.pool_factor=5",
                                "strategies.random={pool_factor: 3}"])
     assert [(s.name, s.kind, s.pool_factor, s.features) for s in cfg.strategies] == \
         [("vanilla", "vanilla", 1, None), ("g5", "greedy", 5, "pixel"), ("random", "random", 3, None)]
-    cfg = load_config("demo", ["strategies=[{name: t, kind: tdf, tau0: 5}]"])
+    cfg = three("strategies=[{name: t, kind: tdf, tau0: 5}]")
     assert cfg.strategies == (Strategy("t", "tdf", 2, "pixel", 5.0, 0.95),)
-    cfg = load_config("demo", ["paradigm=accumulate", "strategies.greedy.pool_factor=1", "strategies.tdf.alpha=0.8"])
+    cfg = three("paradigm=accumulate", "strategies.greedy.pool_factor=1", "strategies.tdf.alpha=0.8")
     assert cfg.paradigm.name == "accumulate" and cfg.strategy("greedy").pool_factor == 1
     assert cfg.strategy("tdf").alpha == 0.8
 
@@ -182,7 +190,7 @@ BAD = [
 @pytest.mark.parametrize("overrides,key,allowed", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_input_names_the_key_and_the_allowed_values(overrides, key, allowed):
     with pytest.raises(ConfigError, match=f"^(override .*: )?{key}: .*{allowed}") as e:
-        load_config("demo", overrides)
+        three(*overrides)
     assert isinstance(e.value, CollapseError) and isinstance(e.value, ValueError)
 
 
@@ -234,13 +242,13 @@ def test_hash_is_stable_and_changes_with_every_field_but_where_and_on_what_it_ru
 
 
 def test_diff_and_extendable():
-    g = load_config("demo").run.generations
-    old = to_dict(load_config("demo"))
-    assert diff(old, load_config("demo")) == [] and not extendable(old, old)
-    new = load_config("demo", ["run.generations=6", "resources.train_workers=1", "run.run_dir=s3://b/x"])
+    g = three().run.generations
+    old = to_dict(three())
+    assert diff(old, three()) == [] and not extendable(old, old)
+    new = three("run.generations=6", "resources.train_workers=2", "run.run_dir=s3://b/x")
     assert diff(old, new) == [f"run.generations: {g} -> 6"] and extendable(old, new)
     assert not extendable(to_dict(new), old)                              # fewer generations
-    new = load_config("demo", ["run.generations=6", "strategies.tdf.tau0=500", "strategies=vanilla,tdf"])
+    new = three("run.generations=6", "strategies.tdf.tau0=500", "strategies=vanilla,tdf")
     greedy = json.dumps(old["strategies"][1])
     assert diff(old, new) == [f"run.generations: {g} -> 6", f"strategies.greedy: {greedy} -> (absent)",
                               f"strategies.tdf.tau0: {old['strategies'][2]['tau0']} -> 500.0"]

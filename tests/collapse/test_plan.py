@@ -12,7 +12,7 @@ from jobs.presets import list_presets, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The demo's shape these tests count with, pinned so that tuning the demo preset leaves them alone
-PINNED = ["data.n=1000", "run.generations=4", "metrics.gs_samples=1000", "metrics.features=[pixel]",
+PINNED = ["strategies=vanilla,greedy,tdf", "strategies.tdf={pool_factor: 2, tau0: 6.0}", "data.n=1000", "run.generations=4", "metrics.gs_samples=1000", "metrics.features=[pixel]",
           "strategies.greedy.features=pixel", "strategies.tdf.features=pixel"]
 
 

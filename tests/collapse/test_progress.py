@@ -30,7 +30,29 @@ def test_the_eta_is_a_number_from_the_first_stage_on_and_scales_each_kind_by_its
     assert eta.say(left, 120.0) == f"2.0 min so far, ETA {want:.1f} min" and eta.say([], 1.0) == "0.0 min so far"
     # a kind without units counts per stage
     assert ETA().left_s([p["ingest"]]) == DEFAULT_STAGE_S
-    assert ETA(side_by_side=True).say(left[:1], 0.0).startswith("0.0 min so far, ETA <= ")
+
+
+def test_side_by_side_the_eta_is_the_shared_stages_and_the_longest_chain():
+    p = plan(load_config("tiny"))
+    timed = ETA(side_by_side=True)
+    for kind in ("train", "sample", "featurize", "score", "select"):
+        timed.rate[kind] = 1.0
+    shared = [p[f"{SHARED}/gen-001/train"]]
+    greedy = [p["greedy/gen-002/train"], p["greedy/gen-002/sample"]]
+    vanilla = [p["vanilla/gen-002/train"]]
+    cost = {id(s): timed.units(s) for s in shared + greedy + vanilla}
+    chain = {"greedy": sum(cost[id(s)] for s in greedy), "vanilla": sum(cost[id(s)] for s in vanilla)}
+    assert chain["greedy"] > chain["vanilla"] > 0
+    assert timed.left_s(shared + greedy + vanilla) == cost[id(shared[0])] + chain["greedy"]
+    # fewer lanes than chains: the chains' sum spread over the lanes, when that is longer
+    one_lane = ETA(side_by_side=True, lanes=1)
+    one_lane.rate = timed.rate
+    assert one_lane.left_s(shared + greedy + vanilla) == cost[id(shared[0])] + chain["greedy"] + chain["vanilla"]
+    # one after another: the sum
+    serial = ETA()
+    serial.rate = timed.rate
+    assert serial.left_s(greedy + vanilla) == chain["greedy"] + chain["vanilla"]
+    assert timed.say(vanilla, 0.0) == f"0.0 min so far, ETA {chain['vanilla'] / 60:.1f} min"
 
 
 def test_a_ticker_is_due_every_interval_and_at_the_end():
