@@ -17,3 +17,9 @@ if not _os.environ.get("RAY_ADDRESS") or _loopback(_os.environ["RAY_ADDRESS"]):
 
     for _k, _v in _LOCAL.items():
         _os.environ.setdefault(_k, _v)
+
+# Ray merges the log lines of several workers that match once every word holding a digit is
+# masked, so the progress lines of two trainings side by side ("train <run>/vanilla/gen-002/model:
+# step ...", "train <run>/greedy/gen-002/model: step ...") were one pattern and one training's
+# lines never reached the driver ("[repeated 2x across cluster]"). Read when ray is imported.
+_os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -13,6 +13,7 @@ import numpy as np
 from cluster.runtime import map_actor_pool
 from collapse.data.features import commit_features, feature_file, has_features, load_features, save_feature_shard
 from collapse.data.samples import SampleSet
+from cluster.progress_board import poster
 from collapse.progress import ImagesProgress
 
 
@@ -65,7 +66,7 @@ def featurize(set_url: str, extractor: str, *, min_actors: int = 1, max_actors: 
     if has_features(sample_set, extractor, identity):
         return load_features(sample_set, extractor)
     progress(f"featurize: {sample_set.count} images of {set_url} with {extractor!r}")
-    done = ImagesProgress(f"featurize {set_url} ({extractor})", sample_set.count, progress)  # every 30 s
+    done = ImagesProgress(f"featurize {set_url} ({extractor})", sample_set.count, progress, post=poster())  # every 30 s
     if extractor in IN_DRIVER or (len(sample_set.shards) == 1 and not gpus_per_actor):
         import torch
         f = Featurizer(set_url, extractor, storage_options, threads=torch.get_num_threads(), options=options)

@@ -22,6 +22,7 @@ from collapse.sampler_spec import hashed_fields, sampler_variant
 from collapse.data import storage
 from collapse.data.samples import commit_sample_set, completed_shard
 from collapse.errors import ConfigError, DataError, check_int
+from cluster.progress_board import poster
 from collapse.progress import ImagesProgress
 
 
@@ -170,7 +171,8 @@ def sample_pool(model_url: str, pool_url: str, spec: SampleSpec, *, min_actors: 
              f"with {min_actors}..{max_actors} actor(s)")
     busy, made = 0.0, 0  # seconds the actors spent sampling and writing (start-up excluded), images made
     # a line at least every 30 s while the actors sample (collapse.progress)
-    sampled = ImagesProgress(f"sample {pool_url}", sum(_shard_count(spec, j) for j in missing), progress)
+    sampled = ImagesProgress(f"sample {pool_url}", sum(_shard_count(spec, j) for j in missing), progress,
+                             post=poster())
     for attempt in range(1, retries + 2):
         missing = [j for j, r in records.items() if r is None]
         if not missing:

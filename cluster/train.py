@@ -136,7 +136,8 @@ def train_loop_per_worker(config: dict) -> None:
     from collapse import diffusion
     from collapse.data.samples import SampleSet
     from collapse.diffusion.batches import global_batch, rank_slots, step_draws
-    from collapse.progress import Ticker, train_line
+    from cluster.progress_board import poster
+    from collapse.progress import BAR_EVERY_S, Ticker, tick, train_line
     from collapse.seeding import stage_seed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # no JIT compile on CPU (docs/PLATFORM.md)
@@ -187,8 +188,10 @@ def train_loop_per_worker(config: dict) -> None:
         t0, seen, losses, curve = time.perf_counter(), 0, [], []
         t_end = None
         warm_at, t_warm = step + min(5, max(0, spec.steps - step - 1)), None  # steady-state rate after a warm-up
-        # rank 0 prints a line at least every 30 s (Ray sends a worker's stdout to the driver and the job's log)
-        ticker, line_losses, first_step = Ticker(), [], step
+        # rank 0 prints a line at least every 30 s (Ray sends a worker's stdout to the driver and the job's log),
+        # or, where the driver draws progress bars (a terminal), posts a tick every second instead
+        post = poster() if rank == 0 else None
+        ticker, line_losses, first_step = Ticker(BAR_EVERY_S if post else None), [], step
         while step < spec.steps:
             rows = global_batch(base_seed, step, spec.batch_size, len(keys))
             t, noise, y = step_draws(scheduler, base_seed, step, image_shape, spec.batch_size,
@@ -212,12 +215,14 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 line_losses.append(losses[-1])
                 if ticker.due(final=step == spec.steps):
-                    rate = (step - first_step) / (time.perf_counter() - t0)
-                    # stdout itself: Ray Train replaces print() in its workers by a logger that also
-                    # tees to a wrapped stdout, which printed every line twice
-                    sys.stdout.write(train_line(model_url, step, spec.steps, float(torch.stack(line_losses).mean()),
-                                                rate) + "\n")
-                    sys.stdout.flush()
+                    rate, mean_loss = (step - first_step) / (time.perf_counter() - t0), float(torch.stack(line_losses).mean())
+                    if post is not None:
+                        post(tick(f"train {model_url}", step, spec.steps, "steps", rate, mean_loss))
+                    else:
+                        # stdout itself: Ray Train replaces print() in its workers by a logger that also
+                        # tees to a wrapped stdout, which printed every line twice
+                        sys.stdout.write(train_line(model_url, step, spec.steps, mean_loss, rate) + "\n")
+                        sys.stdout.flush()
                     line_losses = []
             if step % spec.log_every == 0 or step == spec.steps:
                 mean = torch.stack(losses).mean()

@@ -13,6 +13,8 @@ sample and featurize stages (cluster.sample, cluster.featurize) format their lin
 - :func:`train_line`, :func:`images_line`: the lines themselves (step/total, loss, steps/s, ETA;
   images done/total, images/s); :class:`ImagesProgress` counts a stage's images as its shards arrive
   and says an images line when its ticker is due.
+- :func:`tick`: the same figures as data, for a progress bar where the driver has a terminal
+  (cluster.progress_board draws them; the lines are then not printed).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import time
 
 #: Seconds between two progress lines of a long stage.
 EVERY_S = 30.0
+#: Seconds between two ticks posted for a progress bar (a terminal: cluster.progress_board).
+BAR_EVERY_S = 1.0
 
 #: Seconds per unit of work assumed for a stage kind until one of its stages is timed in this run:
 #: about what the demo's narrow UNet takes on one CPU core (a training step of batch 64: 0.12 s; a
@@ -123,15 +127,27 @@ def images_line(what: str, done: int, total: int, images_per_s: float) -> str:
     return f"{what}: {done}/{total} images, {images_per_s:.1f} images/s, ETA {eta}"
 
 
+def tick(what: str, done: int, total: int, unit: str, rate: float | None = None, loss: float | None = None) -> dict:
+    """What a progress bar shows of a piece of work (cluster.progress_board): the same figures as
+    its line, as data."""
+    return {"what": what, "done": int(done), "total": int(total), "unit": unit,
+            "rate": None if rate is None else float(rate), "loss": None if loss is None else float(loss)}
+
+
 class ImagesProgress:
     """A stage's images as its shards arrive: ``add(count)`` after each shard; ``say`` gets an
-    :func:`images_line` whenever the ticker is due (and at the end of a stage that printed before)."""
+    :func:`images_line` whenever the ticker is due (and at the end of a stage that printed before).
+    With ``post`` (a terminal's progress board, cluster.progress_board.poster) every shard posts a
+    :func:`tick` instead, and no line is said."""
 
-    def __init__(self, what: str, total: int, say, ticker: Ticker | None = None):
-        self.what, self.total, self.say = what, int(total), say
+    def __init__(self, what: str, total: int, say, ticker: Ticker | None = None, post=None):
+        self.what, self.total, self.say, self.post = what, int(total), say, post
         self.ticker, self.done, self.t0 = ticker or Ticker(), 0, time.perf_counter()
 
     def add(self, count: int) -> None:
         self.done += int(count)
-        if self.ticker.due(final=self.done >= self.total):
-            self.say(images_line(self.what, self.done, self.total, self.done / (time.perf_counter() - self.t0)))
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        if self.post is not None:
+            self.post(tick(self.what, self.done, self.total, "images", rate))
+        elif self.ticker.due(final=self.done >= self.total):
+            self.say(images_line(self.what, self.done, self.total, rate))

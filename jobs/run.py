@@ -1,6 +1,8 @@
 """``collapse run``: the self-consuming loop, locally or inside ``ray job submit``. Thin: parse, connect, call."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 
@@ -15,6 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--num-cpus", type=int, help="logical CPUs of a local Ray (default: the machine's, at least 4)")
     p.add_argument("--take-over", action="store_true",
                    help="run even if another driver's lease on the run directory is fresh (it must be gone)")
+    p.add_argument("--plain", action="store_true",
+                   help="plain progress lines every 30 s even in a terminal (default there: progress bars)")
     p.add_argument("--lease-ttl", type=_seconds, default=120.0, metavar="SECONDS",
                    help="a driver's lease is stale after this long without a heartbeat (default 120; beats every 1/4)")
 
@@ -28,6 +32,17 @@ def _seconds(v: str) -> float:
     if not s > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {v!r}")
     return s
+
+
+@contextlib.contextmanager
+def _progress(bars: bool):
+    """The driver's say: print, or with ``bars`` a line above the progress bars of the run's board."""
+    if not bars:
+        yield print
+        return
+    from cluster.progress_board import Bars, open_board
+    with Bars(open_board(), stream=sys.stdout) as drawn:
+        yield drawn.write
 
 
 def _print_extractors(cfg) -> int:
@@ -75,8 +90,10 @@ def main(args) -> int:
         from cluster.runtime import connect
         t0 = time.perf_counter()
         connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
-        loop = Loop(cfg, lease=lease)
-        rows = loop.run(extend=args.extend)
+        # a terminal gets progress bars (cluster.progress_board); a log or a pipe plain lines every 30 s
+        with _progress(bars=sys.stdout.isatty() and not args.plain) as say:
+            loop = Loop(cfg, progress=say, lease=lease)
+            rows = loop.run(extend=args.extend)
     finally:
         if lease is not None:
             lease.release()

@@ -201,3 +201,25 @@ def test_local_actor_sees_worker_env_and_not_later_driver_variables(ray_local, m
     assert {k: seen[k] for k in WORKER_ENV} == WORKER_ENV
     assert seen["DRIVER_ONLY"] is None
 
+
+
+def test_the_driver_gets_every_line_of_workers_that_print_the_same_pattern(ray_local, capfd):
+    """Ray merges worker lines that match once the words holding digits are masked ("[repeated 2x
+    across cluster]"); two trainings side by side print such lines, and each must reach the driver
+    (cluster/__init__.py turns the merging off)."""
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def say(name: str) -> None:
+        print(f"train /runs/demo/{name}/gen-002/model: step 120/3000, loss 0.0831", flush=True)
+
+    ray.get([say.remote("vanilla"), say.remote("greedy")])
+    seen, deadline = "", time.monotonic() + 30
+    while time.monotonic() < deadline and not all(f"/{n}/gen-002/model: step 120" in seen for n in ("vanilla", "greedy")):
+        time.sleep(0.2)
+        captured = capfd.readouterr()
+        seen += captured.out + captured.err
+    assert "/vanilla/gen-002/model: step 120" in seen and "/greedy/gen-002/model: step 120" in seen, seen[-2000:]
+    assert "repeated" not in seen, seen[-2000:]

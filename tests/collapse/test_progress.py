@@ -1,6 +1,6 @@
 """The run's ETA and the progress lines of long stages (collapse.progress)."""
 from collapse.plan import SHARED, plan
-from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, ImagesProgress, Ticker, images_line, train_line
+from collapse.progress import DEFAULT_RATES, DEFAULT_STAGE_S, ETA, ImagesProgress, Ticker, images_line, tick, train_line
 from jobs.presets import load_config
 
 
@@ -94,3 +94,14 @@ def test_images_progress_counts_shards_and_says_a_line_when_due():
     short = ImagesProgress("featurize set", 10, quiet.append, Ticker(30.0, clock))
     short.add(10)                                 # done before the interval: no line
     assert quiet == []
+
+
+def test_with_a_board_images_progress_posts_a_tick_per_shard_and_says_no_line():
+    said, posted = [], []
+    p = ImagesProgress("sample /r/shared/gen-001/pool", 1000, said.append, ticker=Ticker(0.0), post=posted.append)
+    p.add(500)
+    p.add(500)
+    assert said == [] and [(t["done"], t["total"], t["unit"]) for t in posted] == [(500, 1000, "images"), (1000, 1000, "images")]
+    assert posted[-1]["what"] == "sample /r/shared/gen-001/pool" and posted[-1]["rate"] > 0 and posted[-1]["loss"] is None
+    assert tick("m", 3, 10, "steps", 2.5, 0.1) == {"what": "m", "done": 3, "total": 10, "unit": "steps", "rate": 2.5,
+                                                   "loss": 0.1}

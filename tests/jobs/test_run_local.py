@@ -68,6 +68,52 @@ def test_relative_run_dir_from_the_repository_root():
         shutil.rmtree(ROOT / rel, ignore_errors=True)
 
 
+def _run_in_a_terminal(argv, cwd, env, timeout=600) -> tuple[int, str]:
+    """``argv`` with a pseudo-terminal as its stdin, stdout and stderr, as in a person's shell; its exit
+    code and all it wrote."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 x 120, as a terminal window
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 1.0)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer has gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), b"".join(chunks).decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_in_a_terminal_a_training_draws_a_progress_bar_in_place_of_lines(tmp_path):
+    """In a terminal the long stages draw tqdm bars (cluster.progress_board) and print no progress
+    lines; the driver's stage lines stay (above the bars)."""
+    code, out = _run_in_a_terminal(
+        [sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(tmp_path / "run"),
+         "--set", "run.generations=1", "--set", "train.steps=100"],
+        tmp_path, {**os.environ, "PYTHONPATH": str(ROOT), "COLLAPSE_PROGRESS_EVERY_S": "0", "TERM": "xterm"})
+    assert code == 0 and "Traceback" not in ray_logs.ours(out), out[-4000:]
+    # the training's bar: its name, step/total and loss, redrawn in place (carriage returns)
+    assert "train shared/gen-001/model:" in out and "/100 steps [" in out and "loss 0." in out and "\r" in out, out[-4000:]
+    assert "step 100/100, loss" not in out, out[-4000:]          # no plain line, although every_s is 0
+    assert "[5/8] shared/gen-001/train done in" in out and "finished in" in out, out[-4000:]
+
+
 def _start_time(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
