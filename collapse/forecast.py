@@ -118,3 +118,31 @@ def forecast_line(key: str, n: int, fc: Forecast) -> str:
     if fc.memorizes:
         return text + f", below rho = {fc.rho:.3g}: the next model is forecast to memorize"
     return text + f", above rho = {fc.rho:.3g}: the next model is forecast to generalize"
+
+
+def backtest(rows, space: str, level: float = LEVEL) -> list[dict]:
+    """What the forecast said of each scored generation n >= 2, against what was measured: for every
+    metric row (the shape of ``metrics.jsonl``: strategy, generation, spaces; generation 1 repeated
+    per strategy with ``shared``), the line fitted over the generations before n (all strategies,
+    each scored generation once), evaluated at that row's H(D_n), and its measured GS. Rows:
+    strategy, generation, h, forecast (Forecast.as_dict() or None: fewer than MIN_POINTS before n),
+    gs (measured), log_error (ln measured - ln forecast), inside (measured within the interval)."""
+    points: dict[tuple, tuple] = {}    # (owner, generation) -> (H, GS, rho): the shared generation 1 once
+    for r in rows:
+        fig = (r.get("spaces") or {}).get(space)
+        if fig and fig.get("entropy") is not None and fig.get("gs") is not None:
+            owner = "shared" if r.get("shared") else r["strategy"]
+            points[(owner, int(r["generation"]))] = (float(fig["entropy"]), float(fig["gs"]), fig.get("copy_radius"))
+    out = []
+    for (owner, n), (h, gs, rho) in sorted(points.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if n < 2:
+            continue
+        before = [(x, g) for (o, m), (x, g, _) in points.items() if m < n]
+        fc = forecast(before, h, rho, level)
+        row = {"strategy": owner, "generation": n, "h": h, "gs": gs, "points": len(before),
+               "forecast": fc.as_dict() if fc else None, "log_error": None, "inside": None}
+        if fc is not None and gs > 0:
+            row["log_error"] = math.log(gs) - math.log(fc.gs)
+            row["inside"] = fc.low <= gs <= fc.high
+        out.append(row)
+    return out

@@ -19,6 +19,7 @@ from collapse.classifier import RECOGNIZABLE_SHARE
 from collapse.data import storage
 from collapse.data.samples import SampleSet
 from collapse.errors import NotFinishedError
+from collapse.forecast import LEVEL, backtest
 from collapse.plan import SHARED, STAGES
 from collapse.report import figures as F
 from collapse.report import html as H
@@ -46,7 +47,7 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     files: dict[str, bytes] = {}
     colours = assign_colours([s for r in runs for s in r.strategies])
     body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files),
-                      metric_plots(runs, colours, files), final_table(runs), per_class(runs, colours, files),
+                      forecasts(runs), metric_plots(runs, colours, files), final_table(runs), per_class(runs, colours, files),
                       samples(runs, files), stage_times(runs), configs(runs, out), artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
     for name, data in files.items():
@@ -135,6 +136,41 @@ def central(runs: list[Run], colours: dict[str, str], files: dict) -> str:
         out.append(H.figure(name, f"ln GS against entropy, {space}", caption,
                             {"plot": f"{space}-gs-entropy", "kind": "scatter", "series": list(series.values()),
                              "axes-box": box, "pearson-r": None if r != r else r}))
+    if len(out) == 1:
+        out.append("<p class='partial'>No generation is scored yet.</p>")
+    return "\n".join(out)
+
+
+def forecasts(runs: list[Run]) -> str:
+    """Each generation's GS as the line over the generations before it forecast it from H(D_n)
+    (collapse.forecast.backtest, per run and space), beside what was measured."""
+    out = [f"<h2>Forecast: GS from H(D_n)</h2><p class='small muted'>For generation n, the line ln GS = a + b H "
+           f"fitted over every strategy's scored generations before n, evaluated at H(D_n): the GS that H(D_n) "
+           f"forecast before M_n was trained, with its {LEVEL:.0%} prediction interval, beside the GS measured. "
+           "Below rho (the copy radius) the forecast is the memorization regime. No forecast before 3 scored "
+           "generations (docs/SCIENCE.md, \"Forecast\").</p>"]
+    for run in runs:
+        for space in F.feature_spaces([run]):
+            rows = backtest(run.rows, space)
+            if not rows:
+                continue
+            table, errors, inside = [], [], []
+            for r in rows:
+                fc = r["forecast"] or {}
+                regime = "-" if not fc or fc.get("rho") is None else ("memorize" if fc["memorizes"] else "generalize")
+                table.append([H.esc(r["strategy"]), str(r["generation"]), str(r["points"]), H.num(r["h"]),
+                              H.num(fc.get("gs")), f"[{H.num(fc.get('low'))}, {H.num(fc.get('high'))}]" if fc else "-",
+                              H.num(fc.get("rho")), regime, H.num(r["gs"]), H.num(r["log_error"], 3),
+                              "-" if r["inside"] is None else ("yes" if r["inside"] else "no")])
+                if r["log_error"] is not None:
+                    errors.append(abs(r["log_error"]))
+                    inside.append(r["inside"])
+            summary = (f"{len(errors)} generations forecast; mean |ln error| {H.num(sum(errors) / len(errors), 3)}, "
+                       f"{sum(inside)} of {len(inside)} inside their interval" if errors else
+                       "no generation forecast yet (fewer than 3 scored generations before each)")
+            out.append(f"<h3>{H.esc(run.label)}, {H.esc(space)} space: {summary}</h3>" + H.table(
+                ["strategy", "generation", "points before", "H(D_n)", "forecast GS", "interval", "rho", "regime",
+                 "measured GS", "ln error", "inside"], table, 1))
     if len(out) == 1:
         out.append("<p class='partial'>No generation is scored yet.</p>")
     return "\n".join(out)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse.forecast import fit_line, forecast, forecast_line, predict
+from collapse.forecast import backtest, fit_line, forecast, forecast_line, predict
 
 
 def test_points_on_a_line_give_the_line_and_an_interval_of_zero_width():
@@ -72,3 +72,27 @@ def test_no_forecast_before_three_scored_generations_or_with_one_entropy():
         fit_line([1.0, 2.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="GS > 0"):
         fit_line([1.0, 2.0, 3.0], [1.0, 0.0, 2.0])
+
+
+def _row(strategy, n, h, gs, shared=False, rho=100.0):
+    return {"strategy": strategy, "generation": n, "shared": shared,
+            "spaces": {"pixel": {"entropy": h, "gs": gs, "copy_radius": rho}}}
+
+
+def test_the_backtest_forecasts_each_generation_from_the_generations_before_it():
+    line = lambda h: math.exp(0.5 + 0.004 * h)  # noqa: E731
+    wobble = {("a", 2): 1.05, ("b", 2): 0.95, ("a", 3): 1.1, ("b", 3): 0.9, ("a", 4): 1.0, ("b", 4): 1.02}
+    hs = {("a", 2): 1180.0, ("b", 2): 1250.0, ("a", 3): 1100.0, ("b", 3): 1210.0, ("a", 4): 1050.0, ("b", 4): 1190.0}
+    rows = [_row(s, 1, 1300.0, line(1300.0), shared=True) for s in "ab"]
+    rows += [_row(s, n, hs[s, n], line(hs[s, n]) * wobble[s, n]) for n in (2, 3, 4) for s in "ab"]
+    bt = backtest(rows, "pixel")
+    assert [(r["strategy"], r["generation"], r["points"]) for r in bt] == \
+        [("a", 2, 1), ("b", 2, 1), ("a", 3, 3), ("b", 3, 3), ("a", 4, 5), ("b", 4, 5)]
+    assert bt[0]["forecast"] is None and bt[0]["log_error"] is None           # one point before generation 2
+    before = [(1300.0, line(1300.0)), (1180.0, line(1180.0) * 1.05), (1250.0, line(1250.0) * 0.95)]
+    want = forecast(before, 1100.0, rho=100.0)
+    got = bt[2]
+    assert got["forecast"]["gs"] == pytest.approx(want.gs) and got["forecast"]["low"] == pytest.approx(want.low)
+    assert got["log_error"] == pytest.approx(math.log(line(1100.0) * 1.1) - math.log(want.gs))
+    assert got["inside"] == (want.low <= line(1100.0) * 1.1 <= want.high)
+    assert got["forecast"]["memorizes"] == (want.gs < 100.0)

@@ -24,9 +24,11 @@ from collapse.data import manifest as mf
 from collapse.data import storage
 from collapse.data.samples import Sample, write_sample_set
 from collapse.data.urls import RunLayout
+from collapse.forecast import backtest
 from collapse.plan import SHARED
 from collapse.report import render_report
 from collapse.report.figures import METRICS, QUALITY_METRICS, nearest_training
+from collapse.report import html as H
 from collapse.report.html import href
 from collapse.report.plots import hex_to_rgb, pearson_r
 from jobs.presets import load_config
@@ -228,6 +230,25 @@ def test_a_partial_run_renders_what_is_done(tmp_path):
     assert "<span class='partial'>greedy 2/3</span>" in text and "vanilla 3/3" in text
     assert "run1-greedy-gen-003-samples.png" not in text and "run1-vanilla-gen-003-samples.png" in text
     assert all(h.startswith("file://") for h in page.links), "a report outside the run links absolutely"
+
+
+def test_the_forecast_section_holds_each_generation_forecast_from_the_ones_before(tmp_path):
+    root = tmp_path / "run"
+    build_run(str(root), generations=3)
+    text = Path(render_report([str(root)], str(tmp_path / "out"))).read_text()
+    section = text[text.index("<h2>Forecast: GS from H(D_n)</h2>"):text.index("<h2>Metrics against generation</h2>")]
+    # generation 3 of each strategy is forecast from the 3 scored generations before it (shared 1, both 2s)
+    from collapse.report.read import read_run
+    bt = backtest(read_run(str(root)).rows, "pixel")
+    assert [(r["strategy"], r["generation"], r["points"]) for r in bt] == \
+        [("greedy", 2, 1), ("vanilla", 2, 1), ("greedy", 3, 3), ("vanilla", 3, 3)], bt
+    assert "run, pixel space: 2 generations forecast" in section and "of 2 inside their interval" in section
+    cells = [re.findall(r"<td[^>]*>([^<]*)</td>", tr) for tr in section.split("<tr>")[2:]]
+    for r, row in zip(bt, cells):
+        fc = r["forecast"]
+        assert row[:4] == [r["strategy"], str(r["generation"]), str(r["points"]), H.num(r["h"])], row
+        assert row[4:6] == ([H.num(fc["gs"]), f"[{H.num(fc['low'])}, {H.num(fc['high'])}]"] if fc else ["-", "-"]), row
+        assert row[8] == H.num(r["gs"]) and row[10] == ("-" if fc is None else "yes" if r["inside"] else "no"), row
 
 
 def test_a_run_with_nothing_scored_yet_renders(tmp_path):
