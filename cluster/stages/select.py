@@ -5,6 +5,7 @@ lineage it writes are collapse.lineage's."""
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 
@@ -12,7 +13,9 @@ from cluster.selection import sharded_select
 from cluster.stages.context import StageContext
 from collapse import paradigms
 from collapse.classes import select_per_class
-from collapse.data import manifest
+from collapse.data import manifest, storage
+from collapse.entropy import kl_entropy
+from collapse.forecast import MIN_POINTS, forecast, forecast_line
 from collapse.data.samples import SampleSet
 from collapse.lineage import kept_lineage, kept_reasons, selection_record
 from collapse.plan import SHARED, Stage
@@ -55,12 +58,33 @@ def run(ctx: StageContext, stage: Stage) -> None:
         reasons, chosen_by = kept_reasons(next_set.candidates, chosen.columns()), chosen.params
     else:
         keys = next_set.keys()
+    say_forecast(ctx, stage, list(keys), sources)
     manifest.write_manifest(stage.outputs["selection"], selection_record(
         next_set, keys, strategy=params["name"], kind=params["kind"], generation=n, reasons=reasons,
         params=chosen_by, per_class_quotas=quotas), storage_options)
     lineage = kept_lineage(next_set, keys, strategy=params["name"], generation=n, reasons=reasons,
                            per_class=bool(params.get("per_class")))
     ctx.write_subset(sources, list(keys), stage.outputs["train_set"], lineage)
+
+
+def say_forecast(ctx: StageContext, stage: Stage, keys: list, sources) -> None:
+    """Before M_{n+1} trains: H(D_{n+1}) in each space of the run's figures and the GS it forecasts
+    (collapse.forecast), fitted over the generations scored so far, every strategy's; one line per
+    space. What was scored by now depends on the schedule when strategies run side by side; the
+    report's forecast table (collapse.forecast.backtest) uses every generation before n + 1."""
+    n, so = stage.generation + 1, ctx.storage_options
+    if len(keys) < 2:   # no entropy of fewer than 2 images
+        return
+    rows = [json.loads(storage.read_bytes(s.outputs["metrics"], so)) for s in ctx.plan
+            if s.name == "score" and s.generation < n and ctx.done(s)]
+    for space in ctx.cfg.metrics.features:
+        figures = [r["spaces"][space] for r in rows if space in (r.get("spaces") or {})]
+        h = kl_entropy(candidate_features(ctx, keys, sources, space))
+        rho = next((f["copy_radius"] for f in figures if f.get("copy_radius") is not None), None)
+        fc = forecast([(f.get("entropy"), f.get("gs")) for f in figures], h, rho)
+        key = f"{stage.params['name']}/gen-{n:03d}"
+        ctx.say(f"forecast, {space} space: " + (forecast_line(key, n, fc) if fc is not None else
+                f"{key}: H(D_{n}) = {h:.4g}; no forecast yet ({len(figures)} scored generations, {MIN_POINTS} needed)"))
 
 
 def candidate_features(ctx: StageContext, keys, sources, extractor: str) -> np.ndarray:

@@ -54,3 +54,44 @@ def test_refused_credentials_fail_at_once(ctx, monkeypatch):
     with pytest.raises(RuntimeError):
         run_stage(ctx, ctx.plan["ingest"])
     assert calls == ["ingest"] and ctx.said == []
+
+
+def test_the_select_stage_says_the_gs_its_training_set_forecasts(tmp_path):
+    """select of generation 2 (cluster.stages.select.say_forecast): H(D_3) of the kept images and the GS
+    the line over the committed score stages forecasts from it, before M_3 trains."""
+    import json
+
+    import numpy as np
+
+    from cluster.stages.select import say_forecast
+    from collapse.data import storage
+    from collapse.data.samples import Sample, SampleSet, write_sample_set
+    from collapse.entropy import kl_entropy
+    from collapse.forecast import forecast, forecast_line
+
+    said = []
+    ctx = StageContext(load_config("tiny", [f"run.run_dir={tmp_path / 'run'}", "run.generations=3",
+                                            "metrics.features=[pixel]"]), say=said.append)
+    figures = {("shared", 1): (1300.0, 420.0), ("vanilla", 2): (1170.0, 300.0), ("greedy", 2): (1250.0, 350.0)}
+    for (owner, n), (h, gs) in figures.items():
+        score = ctx.plan[f"{owner}/gen-{n:03d}/score"]
+        storage.write_bytes(score.outputs["metrics"], json.dumps(
+            {"strategy": owner, "generation": n, "spaces": {"pixel": {"entropy": h, "gs": gs, "copy_radius": 250.0}}}
+        ).encode())
+        if owner != "greedy":          # greedy's generation 2 is not scored yet: its figures do not count
+            ctx.commit(score, 1.0, 0.0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    pool = str(tmp_path / "pool")
+    write_sample_set(pool, (Sample(f"gen-002-{i:07d}", im, {"source": "gen-002", "model": "m", "seed": i}) for i, im in enumerate(images)),
+                     shard_size=16)
+    keys = [f"gen-002-{i:07d}" for i in range(0, 12, 2)]
+    say_forecast(ctx, ctx.plan["vanilla/gen-002/select"], keys, [SampleSet(pool)])
+    assert said[-1:] == [f"forecast, pixel space: vanilla/gen-003: H(D_3) = "
+                    f"{kl_entropy(images[::2].reshape(6, -1).astype(np.float32)):.4g}; "
+                    "no forecast yet (2 scored generations, 3 needed)"], said
+    ctx.commit(ctx.plan["greedy/gen-002/score"], 1.0, 0.0)
+    said.clear()
+    say_forecast(ctx, ctx.plan["vanilla/gen-002/select"], keys, [SampleSet(pool)])
+    h = kl_entropy(images[::2].reshape(6, -1).astype(np.float32))
+    assert said[-1:] == ["forecast, pixel space: " + forecast_line("vanilla/gen-003", 3, forecast(figures.values(), h, 250.0))]
