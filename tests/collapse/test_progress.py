@@ -33,6 +33,8 @@ def test_the_eta_is_a_number_from_the_first_stage_on_and_scales_each_kind_by_its
 
 
 def test_side_by_side_the_eta_is_the_shared_stages_and_the_longest_chain():
+    from collapse import progress
+    assert progress.SHARED == SHARED   # kept as a copy: collapse.progress imports nothing of ours
     p = plan(load_config("tiny"))
     timed = ETA(side_by_side=True)
     for kind in ("train", "sample", "featurize", "score", "select"):
