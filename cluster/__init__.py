@@ -23,3 +23,9 @@ if not _os.environ.get("RAY_ADDRESS") or _loopback(_os.environ["RAY_ADDRESS"]):
 # step ...", "train <run>/greedy/gen-002/model: step ...") were one pattern and one training's
 # lines never reached the driver ("[repeated 2x across cluster]"). Read when ray is imported.
 _os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Ray Train's controller reads its polling interval from the environment of the process that calls
+# fit(): a stage runner actor (cluster.runtime.WORKER_ENV) or this driver (docs/PLATFORM.md).
+from cluster.runtime import TRAIN_POLL_ENV as _POLL, TRAIN_POLL_S as _POLL_S  # noqa: E402
+
+_os.environ.setdefault(_POLL, _POLL_S)

@@ -16,9 +16,14 @@ import subprocess
 import sys
 import uuid
 
+TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+
 # Variables every worker process gets.
 WORKER_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # a harmless Ray Train error line otherwise
+    # Ray Train's controller polls its workers this often (default 2 s): the end of a training was
+    # seen 2-4 s late, and every training stage paid it (docs/PLATFORM.md)
+    TRAIN_POLL_ENV: TRAIN_POLL_S,
     "OMP_NUM_THREADS": "1",                     # one torch thread per CPU slot: as fast, half the CPU (docs/PLATFORM.md)
     "TOKENIZERS_PARALLELISM": "false",
 }
