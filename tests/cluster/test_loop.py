@@ -21,9 +21,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUNTIME_EXCLUDES = [".venv", ".git", ".state", "runs", "**/__pycache__", ".pytest_cache"]
 
 
-def _job_env(endpoint) -> str:
+def _job_env(endpoint, **env) -> str:
     return json.dumps({"env_vars": {"AWS_ENDPOINT_URL": endpoint.endpoint_url, "AWS_ACCESS_KEY_ID": endpoint.key,
-                                    "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_EC2_METADATA_DISABLED": "true"},
+                                    "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_EC2_METADATA_DISABLED": "true",
+                                    **env},
                        "excludes": RUNTIME_EXCLUDES})
 
 
@@ -33,9 +34,9 @@ def _ray_job(head, *args, timeout=600) -> subprocess.CompletedProcess:
                           env=dict(os.environ, RAY_ADDRESS=head.dashboard))
 
 
-def _submit(head, endpoint, run_dir, *extra, wait=True, job_id=None):
+def _submit(head, endpoint, run_dir, *extra, wait=True, job_id=None, env=None):
     args = ["submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--runtime-env-json",
-            _job_env(endpoint)]
+            _job_env(endpoint, **(env or {}))]
     if not wait:
         args.append("--no-wait")
     if job_id:
@@ -114,8 +115,9 @@ def finished_run(ray_head, ceph_s3):
     if not fs.exists("loop-tests"):
         fs.mkdir("loop-tests")
     root = "s3://loop-tests/run-a"
+    # two sampler actors (the killed run uses one); a progress line at every step and shard (every 30 s by default)
     r = _submit(ray_head, ceph_s3, root, "--set", "resources.sampler_min_actors=2",
-                "--set", "resources.sampler_max_actors=2")  # two sampler actors; the killed run uses one
+                "--set", "resources.sampler_max_actors=2", env={"COLLAPSE_PROGRESS_EVERY_S": "0"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return root, opts, r.stdout
 
@@ -144,6 +146,18 @@ def test_submitted_job_writes_every_stage_and_metric(finished_run):
     stages = storage.list_names(storage.join(root, "stages", "greedy", "gen-002"), opts)
     assert stages == ["featurize", "sample", "score", "train"]
     assert len(_metrics(root, opts)) == 4  # generation 1 (shared) and 2, for both strategies
+
+
+def test_a_submitted_job_prints_a_progress_line_for_every_training_and_pool(finished_run):
+    """Without a terminal (a job's log), plain lines (collapse.progress): each training worker's once per
+    step here (Ray Train wrapped print() and doubled them once), each pool's, and the run's ETA."""
+    root, _, out = finished_run
+    for model in ("shared/gen-001", "vanilla/gen-002", "greedy/gen-002"):
+        line = f"train {root}/{model}/model: step 20/20, loss "
+        assert out.count(line) == 1, (line, out[-3000:])
+        assert f"{root}/{model.split('/')[0]}/{model.split('/')[1]}/pool: " in out, (model, out[-3000:])
+    assert " steps/s, ETA " in out and "images/s" in out and "min so far, ETA " in out, out[-3000:]
+    assert "ETA > 0.0" not in out and "[repeated" not in out and "Reporting training result" not in out
 
 
 def test_generation_two_training_images_trace_back_to_their_generation_one_sample(finished_run):

@@ -39,35 +39,6 @@ def _stage_records(run_dir: Path) -> list[str]:
     return sorted(str(p.parent.relative_to(run_dir / "stages")) for p in (run_dir / "stages").rglob(mf.MANIFEST_NAME))
 
 
-# One generation exercises every kind of process a path reaches (Train workers, sampler and featurizer
-# actors, the driver); the second adds only driver-side selection, which the loop tests cover.
-def test_relative_run_dir_from_the_repository_root():
-    rel = f"runs/test-relative-{uuid.uuid4().hex[:8]}"
-    try:
-        r = _collapse_run(rel, ROOT, "--set", "run.generations=1", env={"COLLAPSE_PROGRESS_EVERY_S": "0"})
-        _assert_clean(r)
-        # progress lines (collapse.progress; every 30 s by default, here at every step and shard)
-        out = r.stdout + r.stderr
-        assert out.count("step 20/20, loss ") == 1 and " steps/s, ETA " in out, out[-3000:]  # a training worker's, once
-        assert "/pool: 64/64 images, " in out and "images/s" in out, out[-3000:]       # the sample stage's
-        assert "ETA > 0.0" not in out and "min so far, ETA " in out
-        run_dir = ROOT / rel
-        records = _stage_records(run_dir)
-        assert records == sorted(["ingest", "classifier", "featurize-real", "shared/gen-001/train-set",
-                                  "shared/gen-001/train", "shared/gen-001/sample", "shared/gen-001/featurize",
-                                  "shared/gen-001/score"])
-        # each record says when its stage ran (UTC seconds), in the plan's order
-        times = [(mf.read_manifest(str(run_dir / "stages" / k))["started_at"],
-                  mf.read_manifest(str(run_dir / "stages" / k))["ended_at"])
-                 for k in ("ingest", "shared/gen-001/train", "shared/gen-001/score")]
-        assert all(a <= b for a, b in times) and times[0][1] <= times[1][0] <= times[1][1] <= times[2][0]
-        assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
-        assert (run_dir / "report" / "index.html").is_file()
-        assert f"run {run_dir} finished" in r.stdout
-    finally:
-        shutil.rmtree(ROOT / rel, ignore_errors=True)
-
-
 def _run_in_a_terminal(argv, cwd, env, timeout=600) -> tuple[int, str]:
     """``argv`` with a pseudo-terminal as its stdin, stdout and stderr, as in a person's shell; its exit
     code and all it wrote."""
@@ -100,18 +71,41 @@ def _run_in_a_terminal(argv, cwd, env, timeout=600) -> tuple[int, str]:
         os.close(master)
 
 
-def test_in_a_terminal_a_training_draws_a_progress_bar_in_place_of_lines(tmp_path):
-    """In a terminal the long stages draw tqdm bars (cluster.progress_board) and print no progress
-    lines; the driver's stage lines stay (above the bars)."""
-    code, out = _run_in_a_terminal(
-        [sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", str(tmp_path / "run"),
-         "--set", "run.generations=1", "--set", "train.steps=100"],
-        tmp_path, {**os.environ, "PYTHONPATH": str(ROOT), "COLLAPSE_PROGRESS_EVERY_S": "0", "TERM": "xterm"})
-    assert code == 0 and "Traceback" not in ray_logs.ours(out), out[-4000:]
-    # the training's bar: its name, step/total and loss, redrawn in place (carriage returns)
-    assert "train shared/gen-001/model:" in out and "/100 steps [" in out and "loss 0." in out and "\r" in out, out[-4000:]
-    assert "step 100/100, loss" not in out, out[-4000:]          # no plain line, although every_s is 0
-    assert "[5/8] shared/gen-001/train done in" in out and "finished in" in out, out[-4000:]
+# One generation exercises every kind of process a path reaches (Train workers, sampler and featurizer
+# actors, the driver); the second adds only driver-side selection, which the loop tests cover.
+def test_from_the_repository_root_with_a_relative_run_dir_in_a_terminal_a_training_draws_a_bar():
+    """`make demo`'s case: a relative --run-dir from the repository root, in a terminal. The long
+    stages draw tqdm bars (cluster.progress_board) and print no progress lines; the driver's stage
+    lines stay (above the bars). Plain lines, without a terminal, are checked on a submitted job
+    (tests/cluster/test_loop.py)."""
+    rel = f"runs/test-relative-{uuid.uuid4().hex[:8]}"
+    try:
+        code, out = _run_in_a_terminal(
+            [sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", rel,
+             "--set", "run.generations=1", "--set", "train.steps=40"],
+            ROOT, {**os.environ, "PYTHONPATH": str(ROOT), "COLLAPSE_PROGRESS_EVERY_S": "0", "TERM": "xterm"})
+        assert code == 0 and "Traceback" not in ray_logs.ours(out) and "Reporting training result" not in out, \
+            out[-4000:]
+        # the training's bar: its name, step/total and loss, redrawn in place (carriage returns)
+        assert "train shared/gen-001/model:" in out and "/40 steps [" in out and "loss 0." in out and "\r" in out, \
+            out[-4000:]
+        assert "step 40/40, loss" not in out, out[-4000:]          # no plain line, although every_s is 0
+        assert "[5/8] shared/gen-001/train done in" in out and "min so far, ETA " in out, out[-4000:]
+        run_dir = ROOT / rel
+        records = _stage_records(run_dir)
+        assert records == sorted(["ingest", "classifier", "featurize-real", "shared/gen-001/train-set",
+                                  "shared/gen-001/train", "shared/gen-001/sample", "shared/gen-001/featurize",
+                                  "shared/gen-001/score"])
+        # each record says when its stage ran (UTC seconds), in the plan's order
+        times = [(mf.read_manifest(str(run_dir / "stages" / k))["started_at"],
+                  mf.read_manifest(str(run_dir / "stages" / k))["ended_at"])
+                 for k in ("ingest", "shared/gen-001/train", "shared/gen-001/score")]
+        assert all(a <= b for a, b in times) and times[0][1] <= times[1][0] <= times[1][1] <= times[2][0]
+        assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
+        assert (run_dir / "report" / "index.html").is_file()
+        assert f"run {run_dir} finished" in out
+    finally:
+        shutil.rmtree(ROOT / rel, ignore_errors=True)
 
 
 def _start_time(pid: int) -> str:
