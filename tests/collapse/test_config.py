@@ -279,11 +279,14 @@ def test_diff_and_extendable():
 
 
 def test_a_class_conditional_config_plans_its_own_generation_one_for_another_guidance_scale():
-    from collapse.plan import plan, shares_generation_one
+    from collapse.plan import plan, shares_generation_one, stage_strategies
     cfg = load_config("tiny", ["model.num_classes=10", "strategies=vanilla,greedy,g7:vanilla",
                                "strategies.g7.guidance_scale=7", "strategies.greedy.per_class=true"])
     p = plan(cfg)
     assert shares_generation_one(cfg) == ["vanilla", "greedy"]
+    assert [stage_strategies(cfg, p[k]) for k in ("shared/gen-001/train", "shared/gen-001/score", "g7/gen-001/score",
+                                                   "greedy/gen-002/train")] == \
+        [["vanilla", "greedy", "g7"], ["vanilla", "greedy"], ["g7"], ["greedy"]]
     own = p["g7/gen-001/sample"]
     assert own.after == ("shared/gen-001/train",) and own.inputs["model"] == p["shared/gen-001/train"].outputs["model"]
     assert own.params["spec"]["guidance_scale"] == 7.0 and p["shared/gen-001/sample"].params["spec"][
