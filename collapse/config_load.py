@@ -202,8 +202,9 @@ def load_config(ref: str | None = None, overrides: list[str] | tuple = (), *,
 def absolute_paths(cfg: RunConfig, cwd: str | None = None) -> RunConfig:
     """``run.run_dir``, ``data.source``, the ``extractors`` paths and an MLflow store given as a path
     (``trackers.mlflow``) with relative or ``~`` local paths made absolute (against ``cwd``, default
-    this process's), so that no worker, whatever its working directory, reads another place. Done once, as the entry point loads the config; remote
-    URLs and hub ids (``extractors.dinov2`` that is neither a path nor an existing directory) are unchanged."""
+    this process's), so that no worker, whatever its working directory, reads another place. Done
+    once, as the entry point loads the config; remote URLs and hub ids (``extractors.dinov2`` that is
+    neither a path nor an existing directory) are unchanged."""
     from collapse.data.urls import absolute_source, absolute_url
     run, data, ex, tr = cfg.run, cfg.data, cfg.extractors, cfg.trackers
     if isinstance(run, RunSection) and isinstance(run.run_dir, str):

@@ -188,7 +188,7 @@ BAD = [
     (["trackers.wandb=1"], "trackers.wandb", "expected true or false, got int"),
     (["trackers.mlflow=true"], "trackers.mlflow", "expected a string, got bool"),
     (["trackers.mlflow=locl"], "trackers.mlflow", r"allowed: '' \(off\), 'local' \(<run>/mlruns\), a tracking URI"),
-    (["trackers.mlflow=local", "run.run_dir=s3://b/run"], "trackers.mlflow", "not on a local disk; allowed: a tracking"),
+    (["trackers.mlflow=local", "run.run_dir=s3://b/run"], "trackers.mlflow", "not on a local disk; allowed: a"),
     (["trackers.mlfow=local"], "trackers.mlfow", "did you mean 'mlflow'"),
 ]
 
