@@ -131,8 +131,10 @@ class _WandB:
             self.runs[strategy].log({"generation": rows[0][2], **{tag: v for tag, v, _ in rows}})
 
     def close(self) -> None:
+        import wandb
         for run in self.runs.values():
             run.finish()
+        wandb.teardown()   # waits for W&B's service to write out every run (finish alone may not, 0.31.0)
 
 
 class Trackers:
