@@ -15,7 +15,8 @@ overlap; ``resources.max_parallel_stages = 1`` runs them one after another in th
 A stage that finishes commits ``<run>/stages/<key>/manifest.json`` (its config hash, wall time,
 started_at and ended_at) last, from the driver; a stage whose record holds the same hash is
 skipped. Inside a stage, every output also commits its own manifest, so an interrupted stage
-redoes only what is missing.
+redoes only what is missing. As it commits a score or train stage, the driver sends its figures to
+the experiment trackers of the config section ``trackers`` (cluster.trackers; none by default).
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import time
 from cluster.runtime import lost_to_the_cluster
 from cluster.stages import run_stage
 from cluster.stages.context import StageContext
+from cluster.trackers import open_trackers
 from collapse import config
 from collapse.config_checks import check_run_extractors
 from collapse.data import storage
 from collapse.errors import ConfigError
-from collapse.plan import SHARED, shares_generation_one
+from collapse.plan import SHARED, stage_strategies
 from collapse.progress import ETA
 from collapse.report import render_report
 
@@ -41,6 +43,7 @@ class Loop:
     def __init__(self, cfg: config.RunConfig, progress=print, lease=None):
         self.ctx = StageContext(cfg, say=progress, lease=lease)
         self.cfg, self.plan, self.layout, self.say = cfg, self.ctx.plan, self.ctx.layout, progress
+        self.trackers = None   # cluster.trackers.Trackers while run() runs stages
 
     def run(self, extend: bool = False) -> list[dict]:
         """Check the config against the run directory's, then run every stage not yet committed."""
@@ -51,10 +54,16 @@ class Loop:
             self.say(f"run {self.layout.root} is already complete ({len(self.plan)} stages); nothing to do")
         else:
             check_run_extractors(self.cfg)   # every extractor's weights are here, before any stage
-        if todo and self.cfg.resources.max_parallel_stages != 1:
-            self.run_side_by_side(todo)
-        else:
-            self.run_in_order(todo)
+            self.trackers = open_trackers(self.cfg, self.say, self.ctx.storage_options)
+        try:
+            if todo and self.cfg.resources.max_parallel_stages != 1:
+                self.run_side_by_side(todo)
+            else:
+                self.run_in_order(todo)
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
+                self.trackers = None
         self.ctx.guard()
         rows = self.write_metrics_log()
         self.say(f"report: {render_report([self.layout.root], storage_options=self.ctx.storage_options)}")
@@ -64,7 +73,10 @@ class Loop:
         run_stage(self.ctx, stage)
 
     def commit(self, stage, wall: float, started: float) -> None:
+        """The stage's record, then (a score or train stage) its figures to the trackers."""
         self.ctx.commit(stage, wall, started)
+        if self.trackers is not None:
+            self.trackers.log_stage(stage, stage_strategies(self.cfg, stage), self.ctx.storage_options)
 
     def run_in_order(self, todo: list) -> None:
         """One stage after another, in this process (resources.max_parallel_stages = 1)."""
@@ -197,7 +209,7 @@ class Loop:
             if stage.name != "score" or not storage.exists(stage.outputs["metrics"], options):
                 continue
             figures = json.loads(storage.read_bytes(stage.outputs["metrics"], options))
-            for name in (shares_generation_one(self.cfg) if stage.strategy == SHARED else [stage.strategy]):
+            for name in stage_strategies(self.cfg, stage):
                 rows.append({**figures, "strategy": name, "shared": stage.strategy == SHARED})
         storage.write_bytes(self.layout.metrics_log, "".join(json.dumps(r) + "\n" for r in rows).encode(), options)
         return rows

@@ -16,7 +16,8 @@ Three modules, imported one way only (``config`` <- ``config_checks`` <- ``confi
 out ``EXECUTION_KEYS`` (the run's name and directory, ``resources``: the seeding scheme makes
 results independent of the number of workers; and ``extractors``: where the standard weights of
 the pretrained feature spaces are, which moves with the cluster, like an endpoint URL, while what
-``dinov2`` or ``inception`` computes is fixed by its name, collapse.features).
+``dinov2`` or ``inception`` computes is fixed by its name, collapse.features; and ``trackers``: where
+copies of the figures are sent, cluster.trackers).
 ``extendable(old, new)``: only run.generations grew.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collapse.data.manifest import config_hash as _hash_json
 from collapse.errors import ConfigError
 from collapse.paradigms import KINDS, PARADIGMS
 
-EXECUTION_KEYS = ("run.name", "run.run_dir", "resources", "extractors")
+EXECUTION_KEYS = ("run.name", "run.run_dir", "resources", "extractors", "trackers")
 RESERVED_NAMES = ("real", "report", "shared")       # directories of the run layout beside the strategies
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 SOURCES = ("fashion-mnist", "digits", "folder:PATH", "npy:PATH", "wds:URL",   # collapse.data.importers
@@ -162,6 +163,19 @@ class ExtractorsSection:
 
 
 @dataclass(frozen=True)
+class TrackersSection:
+    """Experiment trackers that get a copy of each generation's figures and each training's final loss
+    and steps/s, the generation as the step, one tracker run per strategy (cluster.trackers). All off by
+    default; not part of the config hash (EXECUTION_KEYS): turning one on resumes a run. A tracker that
+    cannot write warns once and is off for the rest of the run; no result depends on one."""
+    tensorboard: bool = False       # TensorBoard event files, <run>/tensorboard/<strategy>/
+    # MLflow (an experiment named run.name): "" = off; "local" = a file store <run>/mlruns (a local
+    # run.run_dir); else a tracking URI (http://host:5000, sqlite:///path/mlflow.db, file:/path, a path)
+    mlflow: str = ""
+    wandb: bool = False             # W&B offline runs, <run>/wandb/ (the wandb package; `wandb sync` uploads them)
+
+
+@dataclass(frozen=True)
 class ResourcesSection:             # per worker / per actor; the score and select stages use scorer_*
     train_workers: int = _f(1, AT_LEAST_1)  # Ray Train workers (DeepSpeed data parallel)
     train_cpus: float = _f(1.0, NON_NEGATIVE)
@@ -198,6 +212,7 @@ class RunConfig:
     strategies: tuple[Strategy, ...] = (Strategy("vanilla"), Strategy("greedy"))
     metrics: MetricsSection = field(default_factory=MetricsSection)
     extractors: ExtractorsSection = field(default_factory=ExtractorsSection)
+    trackers: TrackersSection = field(default_factory=TrackersSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
 
     def strategy(self, name: str) -> Strategy:

@@ -4,7 +4,8 @@
 of range, a data size or mode that does not fit the model preset, fp16 without GPUs, and
 choices that would silently mean something else: random/greedy/tdf with pool_factor 1 under
 replace or accumulate-grow (the whole pool is kept: that is vanilla), fresh_fraction outside
-paradigm fresh, features/tau0/alpha on kinds that do not use them, a tdf without tau0.
+paradigm fresh, features/tau0/alpha on kinds that do not use them, a tdf without tau0, an MLflow
+target that is neither a URI nor a path, or a local MLflow store beside a remote run directory.
 
 ``check_run_extractors(cfg)`` (the run's first step, and ``collapse run --dry-run`` through
 ``run_extractor_report``) goes further than the form of the config: it looks for the weights of
@@ -138,7 +139,23 @@ def validate(cfg: RunConfig) -> RunConfig:
           f"resources.train_workers={res.train_workers}; allowed: a multiple of it")
     _check_source_size(d.source, paradigms.real_needed(p.name, d.n, r.generations, p.fresh_fraction), d.holdout)
     _check_extractor_paths(cfg.extractors)
+    _check_trackers(cfg.trackers, r.run_dir)
     return cfg
+
+
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*:")   # file:/x, sqlite:///x, http://h:5000, databricks://profile
+
+
+def _check_trackers(tr, run_dir: str) -> None:
+    """trackers.mlflow: off, "local" beside a local run directory, or a tracking URI or path. A typo such
+    as 'locl' is refused rather than taken for a relative path."""
+    uri = tr.mlflow
+    _need(uri in ("", "local") or bool(_URI.match(uri)) or uri.startswith(("/", "./", "../", "~")),
+          "trackers.mlflow", f"{uri!r}: allowed: '' (off), 'local' (<run>/mlruns), a tracking URI "
+          "(http://host:5000, sqlite:///path/mlflow.db, file:/path) or a path starting with /, ./ or ~")
+    _need(uri != "local" or scheme_of(run_dir or ".") in ("file", "local"), "trackers.mlflow",
+          f"'local' is a file store under run.run_dir, and {run_dir!r} is not on a local disk; allowed: "
+          "a tracking URI (http://host:5000, sqlite:///path/mlflow.db) or a local path")
 
 
 def _check_extractor_paths(ex) -> None:

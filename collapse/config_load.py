@@ -34,7 +34,8 @@ import typing
 import yaml
 
 from collapse.config import (
-    DataSection, ExtractorsSection, RunConfig, RunSection, Strategy, hint_members, section_fields, to_dict,
+    DataSection, ExtractorsSection, RunConfig, RunSection, Strategy, TrackersSection, hint_members, section_fields,
+    to_dict,
 )
 from collapse.config_checks import validate
 from collapse.errors import ConfigError
@@ -199,19 +200,22 @@ def load_config(ref: str | None = None, overrides: list[str] | tuple = (), *,
 
 
 def absolute_paths(cfg: RunConfig, cwd: str | None = None) -> RunConfig:
-    """``run.run_dir``, ``data.source`` and the ``extractors`` paths with relative or ``~`` local
-    paths made absolute (against ``cwd``, default this process's), so that no worker, whatever its
-    working directory, reads another place. Done once, as the entry point loads the config; remote
-    URLs and hub ids (``extractors.dinov2`` that is neither a path nor an existing directory) are unchanged."""
+    """``run.run_dir``, ``data.source``, the ``extractors`` paths and an MLflow store given as a path
+    (``trackers.mlflow``) with relative or ``~`` local paths made absolute (against ``cwd``, default
+    this process's), so that no worker, whatever its working directory, reads another place. Done
+    once, as the entry point loads the config; remote URLs and hub ids (``extractors.dinov2`` that is
+    neither a path nor an existing directory) are unchanged."""
     from collapse.data.urls import absolute_source, absolute_url
-    run, data, ex = cfg.run, cfg.data, cfg.extractors
+    run, data, ex, tr = cfg.run, cfg.data, cfg.extractors, cfg.trackers
     if isinstance(run, RunSection) and isinstance(run.run_dir, str):
         run = dataclasses.replace(run, run_dir=absolute_url(run.run_dir, cwd))
     if isinstance(data, DataSection) and isinstance(data.source, str):
         data = dataclasses.replace(data, source=absolute_source(data.source, cwd))
     if isinstance(ex, ExtractorsSection) and isinstance(ex.dinov2, str) and isinstance(ex.inception, str):
         ex = dataclasses.replace(ex, dinov2=_absolute_model_ref(ex.dinov2, cwd), inception=absolute_url(ex.inception, cwd))
-    return dataclasses.replace(cfg, run=run, data=data, extractors=ex)
+    if isinstance(tr, TrackersSection) and isinstance(tr.mlflow, str) and tr.mlflow.startswith((".", "~")):
+        tr = dataclasses.replace(tr, mlflow=absolute_url(tr.mlflow, cwd))
+    return dataclasses.replace(cfg, run=run, data=data, extractors=ex, trackers=tr)
 
 
 def _absolute_model_ref(ref: str, cwd: str | None) -> str:

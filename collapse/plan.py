@@ -136,6 +136,14 @@ def shares_generation_one(cfg: RunConfig) -> list[str]:
     return [s.name for s in cfg.strategies if pool_owner(cfg, s, 1) == SHARED]
 
 
+def stage_strategies(cfg: RunConfig, stage: Stage) -> list[str]:
+    """The strategies a stage's outputs stand for: its own, or for a shared stage of generation 1 every
+    strategy (D_1, M_1) or those sampling at the run's guidance scale (P_1 and its figures)."""
+    if stage.strategy != SHARED:
+        return [stage.strategy]
+    return [s.name for s in cfg.strategies] if stage.name in ("train-set", "train") else shares_generation_one(cfg)
+
+
 def _conditional(cfg: RunConfig) -> dict:
     """What a class-conditional run adds to the train and sample stages' parameters; nothing for an
     unconditional one, whose stage hashes stay those of runs written before classes existed."""

@@ -54,6 +54,11 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
+def local_path(url: str) -> str | None:
+    """The path of a URL on this machine's disk (a bare path, ``file://``, ``local://``); None elsewhere."""
+    return (url.split("://", 1)[1] if "://" in url else url) if scheme_of(url) in ("file", "local") else None
+
+
 def open_fs(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(filesystem, path)`` for a URL, refusing unknown schemes by name."""
     scheme = scheme_of(url)

@@ -11,6 +11,8 @@ bare local path). Every stage asks this module where to read and write; nothing 
     <run>/<strategy>/gen-NNN/selection/    what was kept, with the reason and score of each key
     <run>/<strategy>/gen-NNN/metrics.json  every figure of that generation
     <run>/report/                          the HTML report
+    <run>/tensorboard/<strategy>/          TensorBoard event files (config trackers; cluster.trackers)
+    <run>/mlruns/                          MLflow's local file store (the same; W&B puts its own <run>/wandb/)
     <run>/stages/<stage key>/manifest.json a finished stage's record: config hash, wall time (written last)
 
 Features live inside the set they describe (``<set>/features/<extractor>.npy``), so every set
@@ -104,6 +106,16 @@ class RunLayout:
     @property
     def report(self) -> str:
         return join(self.root, "report")
+
+    @property
+    def tensorboard(self) -> str:
+        """TensorBoard event files, one directory per strategy (cluster.trackers)."""
+        return join(self.root, "tensorboard")
+
+    @property
+    def mlruns(self) -> str:
+        """MLflow's file store of ``trackers.mlflow: local`` (cluster.trackers)."""
+        return join(self.root, "mlruns")
 
     def stage_record(self, stage_key: str) -> str:
         """Where a finished stage's record (config hash, wall time) is committed, by plan key."""

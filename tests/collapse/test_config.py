@@ -184,6 +184,12 @@ BAD = [
     (["resources.sampler_min_actors=3"], "resources.sampler_max_actors", "allowed: >= the minimum"),
     (["resources.train_gpus=-1"], "resources.train_gpus", r"allowed: \[0, inf\)"),
     (["run.name=My Run"], "run.name", "lower-case"),
+    (["trackers.tensorboard=maybe"], "trackers.tensorboard", "expected true or false, got str"),
+    (["trackers.wandb=1"], "trackers.wandb", "expected true or false, got int"),
+    (["trackers.mlflow=true"], "trackers.mlflow", "expected a string, got bool"),
+    (["trackers.mlflow=locl"], "trackers.mlflow", r"allowed: '' \(off\), 'local' \(<run>/mlruns\), a tracking URI"),
+    (["trackers.mlflow=local", "run.run_dir=s3://b/run"], "trackers.mlflow", "not on a local disk; allowed: a"),
+    (["trackers.mlfow=local"], "trackers.mlfow", "did you mean 'mlflow'"),
 ]
 
 
@@ -203,6 +209,23 @@ def test_unknown_keys_in_a_file_at_every_level(tmp_path):
             load_config(str(tmp_path / "c.yaml"))
     with pytest.raises(ConfigError, match="unknown preset 'dmeo'; known presets: .*demo"):
         load_config("dmeo")
+
+
+def test_trackers_are_off_by_default_parse_and_leave_the_hash_alone(tmp_path, monkeypatch):
+    """Turning a tracker on resumes a run (EXECUTION_KEYS): its hash and diff are those of the run."""
+    from collapse.config import TrackersSection
+    monkeypatch.chdir(tmp_path)
+    off = load_config("tiny")
+    assert off.trackers == TrackersSection(tensorboard=False, mlflow="", wandb=False) and "trackers" in EXECUTION_KEYS
+    on = load_config("tiny", ["trackers.tensorboard=true", "trackers.mlflow=./store", "trackers.wandb=true"])
+    assert on.trackers == TrackersSection(True, str(tmp_path / "store"), True)   # a path made absolute
+    assert config_hash(on) == config_hash(off) and diff(to_dict(off), on) == [] and diff(to_dict(on), off) == []
+    for uri in ("local", "http://127.0.0.1:5000", "sqlite:///tmp/mlflow.db", "file:/tmp/mlruns", "/tmp/mlruns"):
+        (tmp_path / "c.yaml").write_text(f"base: tiny\ntrackers: {{tensorboard: true, mlflow: '{uri}'}}\n")
+        assert load_config(str(tmp_path / "c.yaml")).trackers == TrackersSection(True, uri, False)
+    old = to_dict(off)
+    del old["trackers"]   # a run written before the section existed
+    assert diff(old, on) == []
 
 
 def test_validate_checks_a_config_built_in_python():
@@ -256,11 +279,14 @@ def test_diff_and_extendable():
 
 
 def test_a_class_conditional_config_plans_its_own_generation_one_for_another_guidance_scale():
-    from collapse.plan import plan, shares_generation_one
+    from collapse.plan import plan, shares_generation_one, stage_strategies
     cfg = load_config("tiny", ["model.num_classes=10", "strategies=vanilla,greedy,g7:vanilla",
                                "strategies.g7.guidance_scale=7", "strategies.greedy.per_class=true"])
     p = plan(cfg)
     assert shares_generation_one(cfg) == ["vanilla", "greedy"]
+    assert [stage_strategies(cfg, p[k]) for k in ("shared/gen-001/train", "shared/gen-001/score", "g7/gen-001/score",
+                                                   "greedy/gen-002/train")] == \
+        [["vanilla", "greedy", "g7"], ["vanilla", "greedy"], ["g7"], ["greedy"]]
     own = p["g7/gen-001/sample"]
     assert own.after == ("shared/gen-001/train",) and own.inputs["model"] == p["shared/gen-001/train"].outputs["model"]
     assert own.params["spec"]["guidance_scale"] == 7.0 and p["shared/gen-001/sample"].params["spec"][
