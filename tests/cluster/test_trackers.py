@@ -1,6 +1,7 @@
 """The experiment trackers (cluster.trackers), without Ray: what TensorBoard, MLflow and W&B hold is read
 back with their own readers; a tracker that cannot write says so once and the others go on; the loop
-driver sends each committed score and train stage, generation 1 to every strategy it stands for."""
+driver's part (each committed score and train stage, generation 1 to every strategy it stands for) is
+checked on a real run in tests/jobs/test_run_local.py."""
 import glob
 import json
 import os
@@ -10,7 +11,6 @@ import pytest
 
 from cluster.trackers import open_trackers
 from collapse.data import storage
-from collapse.data.directories import commit_directory
 from jobs.presets import load_config
 
 STRATEGIES, GENERATIONS = ("vanilla", "greedy"), (1, 2, 3)
@@ -203,34 +203,3 @@ def test_wandb_offline_runs_hold_every_figure_at_its_generation(tmp_path):
         assert project == "tiny" and tags == [s]
         _check_generations(scalars, s, with_training=False)
         assert scalars["train/loss"] == [(n, pytest.approx(0.4 / n)) for n in GENERATIONS]
-
-
-def test_the_loop_sends_each_committed_score_and_train_stage_to_the_trackers(tmp_path, monkeypatch):
-    """Loop.run with the stages faked (no Ray): generation 1's shared figures and M_1's loss go to both
-    strategies; a finished run opens no tracker."""
-    import cluster.loop
-    from cluster.loop import Loop
-    monkeypatch.setattr(cluster.loop, "render_report", lambda *a, **k: "(no report)")
-    run, said = tmp_path / "run", []
-    loop = Loop(_cfg(run, "run.generations=3", "resources.max_parallel_stages=1", "trackers.tensorboard=true"),
-                progress=said.append)
-
-    def fake_stage(stage):
-        owner = STRATEGIES[0] if stage.strategy == "shared" else stage.strategy
-        if stage.name == "score":
-            storage.write_bytes(stage.outputs["metrics"], json.dumps(_figures(owner, stage.generation)).encode())
-        elif stage.name == "train":
-            n = stage.generation
-            commit_directory(stage.outputs["model"], [], {"loss_curve": [(s, v / n) for s, v in CURVE],
-                                                          "steps_per_s": 10.0 * n})
-    loop.run_stage = fake_stage
-    loop.run()
-    assert f"trackers: tensorboard {run}/tensorboard" in said
-    for s in STRATEGIES:
-        scalars = _tensorboard(run, s)
-        assert scalars["pixel/gs"] == [(1, _gs("vanilla", 1))] + [(n, _gs(s, n)) for n in (2, 3)]   # 1 shared
-        assert scalars["train/loss"] == [(n, pytest.approx(0.4 / n)) for n in GENERATIONS]
-        assert scalars["train/loss_curve/gen-001"] == [(st, pytest.approx(v)) for st, v in CURVE]
-    said.clear()
-    loop.run()
-    assert not any(line.startswith("trackers:") for line in said)

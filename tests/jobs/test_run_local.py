@@ -4,6 +4,7 @@ Ray Train workers and actors run in other working directories than the driver, s
 that reached them would name another place (the newcomer's `make demo` failed so). The driver's
 local Ray must also go with the driver, even when it is killed with SIGKILL.
 """
+import json
 import os
 import shutil
 import signal
@@ -82,7 +83,8 @@ def test_from_the_repository_root_with_a_relative_run_dir_in_a_terminal_a_traini
     try:
         code, out = _run_in_a_terminal(
             [sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", rel,
-             "--set", "run.generations=1", "--set", "train.steps=40"],
+             "--set", "run.generations=1", "--set", "train.steps=40",
+             "--set", "trackers.tensorboard=true", "--set", "trackers.mlflow=local"],
             ROOT, {**os.environ, "PYTHONPATH": str(ROOT), "COLLAPSE_PROGRESS_EVERY_S": "0", "TERM": "xterm"})
         assert code == 0 and "Traceback" not in ray_logs.ours(out) and "Reporting training result" not in out, \
             out[-4000:]
@@ -104,8 +106,25 @@ def test_from_the_repository_root_with_a_relative_run_dir_in_a_terminal_a_traini
         assert (run_dir / "shared" / "gen-001" / "metrics.json").is_file()
         assert (run_dir / "report" / "index.html").is_file()
         assert f"run {run_dir} finished" in out
+        _assert_trackers_hold_generation_one(run_dir)
     finally:
         shutil.rmtree(ROOT / rel, ignore_errors=True)
+
+
+def _assert_trackers_hold_generation_one(run_dir: Path) -> None:
+    """The driver sent generation 1's figures and M_1's loss and steps/s to TensorBoard and MLflow, for both
+    strategies that share them, read back with their own readers (tests/cluster/test_trackers.py)."""
+    from tests.cluster.test_trackers import _mlflow, _tensorboard
+    figures = json.loads((run_dir / "shared" / "gen-001" / "metrics.json").read_text())
+    model = mf.read_manifest(str(run_dir / "shared" / "gen-001" / "model"))["extra"]
+    runs = _mlflow(str(run_dir / "mlruns"))
+    assert sorted(runs) == ["greedy", "vanilla"]
+    for strategy in ("vanilla", "greedy"):
+        for scalars in (_tensorboard(run_dir, strategy), runs[strategy][1]):
+            assert scalars["pixel/gs"] == [(1, pytest.approx(figures["spaces"]["pixel"]["gs"], rel=1e-6))]
+            assert scalars["pixel/entropy"] == [(1, pytest.approx(figures["spaces"]["pixel"]["entropy"], rel=1e-6))]
+            assert scalars["train/loss"] == [(1, pytest.approx(model["loss_curve"][-1][1], rel=1e-6))]
+            assert scalars["train/steps_per_s"] == [(1, pytest.approx(model["steps_per_s"], rel=1e-6))]
 
 
 def _start_time(pid: int) -> str:
