@@ -29,7 +29,7 @@ from cluster.stages.context import StageContext
 from cluster.trackers import open_trackers
 from collapse import config
 from collapse.config_checks import check_run_extractors
-from collapse.data import storage
+from collapse.data import manifest, storage
 from collapse.errors import ConfigError
 from collapse.plan import SHARED, stage_strategies
 from collapse.progress import ETA
@@ -44,12 +44,13 @@ class Loop:
         self.ctx = StageContext(cfg, say=progress, lease=lease)
         self.cfg, self.plan, self.layout, self.say = cfg, self.ctx.plan, self.ctx.layout, progress
         self.trackers = None   # cluster.trackers.Trackers while run() runs stages
+        self.stops = {}        # select stage key -> its committed stop decision or None (Loop.stopped)
 
     def run(self, extend: bool = False) -> list[dict]:
         """Check the config against the run directory's, then run every stage not yet committed."""
         self.ctx.guard()
         self.check_config(extend)
-        todo = [s for s in self.plan if not self.ctx.done(s)]
+        todo = [s for s in self.plan if not self.ctx.done(s) and not self.stopped(s)]
         if not todo:
             self.say(f"run {self.layout.root} is already complete ({len(self.plan)} stages); nothing to do")
         else:
@@ -72,6 +73,31 @@ class Loop:
     def run_stage(self, stage) -> None:
         run_stage(self.ctx, stage)
 
+    def stopped(self, stage) -> str | None:
+        """Why ``stage`` is not run: its strategy's chain ended at an earlier committed select stage
+        (run.stop_chain_below_rho; cluster/stages/select.py writes the decision in its selection
+        manifest); None when it runs. A stage of generation n + 1 and later of a chain stopped at
+        generation n is never run, nor committed, so a resubmitted run skips it as well."""
+        if stage.strategy == SHARED or self.cfg.run.stop_chain_below_rho <= 0:
+            return None
+        for sel in self.plan:
+            if sel.name == "select" and sel.strategy == stage.strategy and sel.generation < stage.generation:
+                if sel.key not in self.stops and self.ctx.done(sel):   # a committed decision does not change
+                    self.stops[sel.key] = manifest.read_manifest(sel.outputs["selection"],
+                                                                 self.ctx.storage_options).get("stop")
+                if self.stops.get(sel.key):
+                    return self.stops[sel.key]["why"]
+        return None
+
+    def drop_stopped(self, stage, todo: list) -> None:
+        """After a select stage commits: the stages its decision stops leave ``todo``, said once."""
+        if stage.name != "select":
+            return
+        gone = [s for s in todo if s.strategy == stage.strategy and s.generation > stage.generation and self.stopped(s)]
+        if gone:
+            todo[:] = [s for s in todo if s not in gone]
+            self.say(f"{stage.strategy}: the chain ends; not run: {', '.join(s.key for s in gone)}")
+
     def commit(self, stage, wall: float, started: float) -> None:
         """The stage's record, then (a score or train stage) its figures to the trackers."""
         self.ctx.commit(stage, wall, started)
@@ -80,7 +106,7 @@ class Loop:
 
     def run_in_order(self, todo: list) -> None:
         """One stage after another, in this process (resources.max_parallel_stages = 1)."""
-        eta, t_run = ETA(), time.perf_counter()
+        eta, t_run, todo = ETA(), time.perf_counter(), list(todo)
         for i, stage in enumerate(self.plan, 1):
             if stage in todo:
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} ...")
@@ -90,6 +116,7 @@ class Loop:
                 wall = time.perf_counter() - t0
                 self.commit(stage, wall, started)
                 eta.done(stage, wall)
+                self.drop_stopped(stage, todo)
                 left = [s for s in todo if self.plan.stages.index(s) >= i]
                 self.say(f"[{i}/{len(self.plan)}] {stage.key} done in {wall:.1f} s; "
                          f"{eta.say(left, time.perf_counter() - t_run)}")
@@ -170,6 +197,7 @@ class Loop:
                     self.commit(stage, result["wall"], result["started"])
                     finished.add(stage.key)
                     eta.done(stage, result["wall"])
+                    self.drop_stopped(stage, todo)
                     left = [s for s in todo if s.key not in finished]
                     self.say(f"[{number[stage.key]}/{len(self.plan)}] {stage.key} done in {result['wall']:.1f} s; "
                              f"{eta.say(left, time.perf_counter() - t_start)}")

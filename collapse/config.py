@@ -59,6 +59,12 @@ class RunSection:
     seed: int = _f(0, NON_NEGATIVE)
     generations: int = _f(4, AT_LEAST_1)   # models M_1..M_G; generation 1 trains on real data only
     run_dir: str = ""               # any fsspec URL; "" = runs/<name>
+    # 0: every chain runs to generation G. r > 0: a strategy's chain ends before training M_{n+1} when
+    # the GS forecast from H(D_{n+1}) (collapse.forecast) is below r x rho in the run's first metrics
+    # space; 1 is the memorization regime the report names. Each select stage then waits for every
+    # strategy's score of its generation, so that the forecast, and the decision, do not depend on
+    # the schedule.
+    stop_chain_below_rho: float = _f(0.0, NON_NEGATIVE)
 
 
 @dataclass(frozen=True)

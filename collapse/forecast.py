@@ -109,6 +109,13 @@ def forecast(points, h: float, rho: float | None = None, level: float = LEVEL) -
     return predict(fit_line(hs, gss), h, rho, level)
 
 
+def stops(fc: Forecast | None, factor: float) -> bool:
+    """A chain ends before its next model (config run.stop_chain_below_rho = ``factor``): the forecast GS is
+    below ``factor`` x rho. Never with ``factor`` 0, without a forecast (fewer than MIN_POINTS scored
+    generations) or without rho."""
+    return factor > 0 and fc is not None and fc.rho is not None and fc.gs < factor * fc.rho
+
+
 def forecast_line(key: str, n: int, fc: Forecast) -> str:
     """``vanilla/gen-004: H(D_4) = 1081 -> predicted GS 47 [38, 58], below rho = 57: the next model is
     forecast to memorize``."""

@@ -108,14 +108,19 @@ def plan(cfg: RunConfig) -> Plan:
     validate(cfg)
     b = _Builder(cfg)
     b.run_level()
+    waits = cfg.run.stop_chain_below_rho > 0   # a select reads every score of its generation (below)
     for n in range(1, cfg.run.generations + 1):
         if n == 1:
             b.generation(None, 1)
         for s in cfg.strategies:
             if n > 1 or pool_owner(cfg, s, 1) != SHARED:
                 b.generation(s, n)
-            if n < cfg.run.generations:
+            if n < cfg.run.generations and not waits:
                 b.select(s, n)
+        if n < cfg.run.generations and waits:
+            scores = sorted({f"{pool_owner(cfg, s, n)}/gen-{n:03d}/score" for s in cfg.strategies})
+            for s in cfg.strategies:
+                b.select(s, n, scores)
     return Plan(b.layout.root, config.config_hash(cfg), tuple(b.stages), tuple(_notes(cfg)))
 
 
@@ -275,8 +280,10 @@ class _Builder:
         return paradigms.train_set_size(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor,
                                  fresh_fraction=p.fresh_fraction)
 
-    def select(self, s: Strategy, n: int) -> None:
-        """D_{n+1} of strategy s, from the candidates of generation n (collapse.paradigms.recipe)."""
+    def select(self, s: Strategy, n: int, scores: list[str] = ()) -> None:
+        """D_{n+1} of strategy s, from the candidates of generation n (collapse.paradigms.recipe).
+        ``scores``: the score stages it also waits for (run.stop_chain_below_rho: its forecast, and so
+        whether the chain stops, is fitted over every strategy's generations up to n, whatever the schedule)."""
         c, L, p = self.cfg, self.layout, self.cfg.paradigm
         r = paradigms.recipe(p.name, n, N=self.N, kind=s.kind, pool_factor=s.pool_factor, fresh_fraction=p.fresh_fraction)
         inputs = {}
@@ -288,7 +295,7 @@ class _Builder:
             else:
                 inputs[f"pool-{seg.generation:03d}"] = L.pool(pool_owner(c, s, seg.generation), seg.generation)
         made_by = f"{SHARED}/gen-001/train-set" if n == 1 else f"{s.name}/gen-{n - 1:03d}/select"
-        after = [f"{pool_owner(c, s, n)}/gen-{n:03d}/featurize", made_by, "featurize-real"]
+        after = [f"{pool_owner(c, s, n)}/gen-{n:03d}/featurize", made_by, "featurize-real", *scores]
         self.add("select", s.name, n, after, inputs,
                  {"selection": L.selection(s.name, n), "train_set": L.train_set(s.name, n + 1)},
                  {"candidates": r.n_candidates, "forced": r.n_forced, "keep": r.size}, self.res("score"),

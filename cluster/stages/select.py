@@ -15,7 +15,7 @@ from collapse import paradigms
 from collapse.classes import select_per_class
 from collapse.data import manifest, storage
 from collapse.entropy import kl_entropy
-from collapse.forecast import MIN_POINTS, forecast, forecast_line
+from collapse.forecast import MIN_POINTS, forecast, forecast_line, stops
 from collapse.data.samples import SampleSet
 from collapse.lineage import kept_lineage, kept_reasons, selection_record
 from collapse.plan import SHARED, Stage
@@ -58,23 +58,42 @@ def run(ctx: StageContext, stage: Stage) -> None:
         reasons, chosen_by = kept_reasons(next_set.candidates, chosen.columns()), chosen.params
     else:
         keys = next_set.keys()
-    say_forecast(ctx, stage, list(keys), sources)
-    manifest.write_manifest(stage.outputs["selection"], selection_record(
-        next_set, keys, strategy=params["name"], kind=params["kind"], generation=n, reasons=reasons,
-        params=chosen_by, per_class_quotas=quotas), storage_options)
+    record = selection_record(next_set, keys, strategy=params["name"], kind=params["kind"], generation=n,
+                              reasons=reasons, params=chosen_by, per_class_quotas=quotas)
+    stop = stop_decision(ctx, stage, say_forecast(ctx, stage, list(keys), sources))
+    if stop is not None:
+        record["stop"] = stop   # the loop trains nothing more of this chain (cluster.loop.Loop.stopped)
+    manifest.write_manifest(stage.outputs["selection"], record, storage_options)
     lineage = kept_lineage(next_set, keys, strategy=params["name"], generation=n, reasons=reasons,
                            per_class=bool(params.get("per_class")))
     ctx.write_subset(sources, list(keys), stage.outputs["train_set"], lineage)
 
 
-def say_forecast(ctx: StageContext, stage: Stage, keys: list, sources) -> None:
+def stop_decision(ctx: StageContext, stage: Stage, forecasts: dict) -> dict | None:
+    """The chain ends here (config run.stop_chain_below_rho = r > 0) when the GS forecast for M_{n+1} in the
+    run's first metrics space is below r x rho: the decision, with its forecast and why; None otherwise."""
+    r, space = ctx.cfg.run.stop_chain_below_rho, ctx.cfg.metrics.features[0]
+    fc = forecasts.get(space)
+    if not stops(fc, r):
+        return None
+    n = stage.generation + 1
+    why = (f"{stage.params['name']} stops before training M_{n}: in {space} space H(D_{n}) = {fc.h:.4g} forecasts "
+           f"GS {fc.gs:.3g} [{fc.low:.3g}, {fc.high:.3g}], below {r:g} x rho = {r * fc.rho:.3g} "
+           f"(run.stop_chain_below_rho = {r:g})")
+    ctx.say(why)
+    return {"generation": n, "space": space, "factor": r, "forecast": fc.as_dict(), "why": why}
+
+
+def say_forecast(ctx: StageContext, stage: Stage, keys: list, sources) -> dict:
     """Before M_{n+1} trains: H(D_{n+1}) in each space of the run's figures and the GS it forecasts
     (collapse.forecast), fitted over the generations scored so far, every strategy's; one line per
-    space. What was scored by now depends on the schedule when strategies run side by side; the
-    report's forecast table (collapse.forecast.backtest) uses every generation before n + 1."""
-    n, so = stage.generation + 1, ctx.storage_options
+    space; returns {space: Forecast} of the spaces that have one. What was scored by now depends on the
+    schedule when strategies run side by side, unless run.stop_chain_below_rho makes each select stage
+    wait for every score of its generation (collapse.plan); the report's forecast table
+    (collapse.forecast.backtest) uses every generation before n + 1."""
+    n, so, out = stage.generation + 1, ctx.storage_options, {}
     if len(keys) < 2:   # no entropy of fewer than 2 images
-        return
+        return out
     rows = [json.loads(storage.read_bytes(s.outputs["metrics"], so)) for s in ctx.plan
             if s.name == "score" and s.generation < n and ctx.done(s)]
     for space in ctx.cfg.metrics.features:
@@ -82,9 +101,12 @@ def say_forecast(ctx: StageContext, stage: Stage, keys: list, sources) -> None:
         h = kl_entropy(candidate_features(ctx, keys, sources, space))
         rho = next((f["copy_radius"] for f in figures if f.get("copy_radius") is not None), None)
         fc = forecast([(f.get("entropy"), f.get("gs")) for f in figures], h, rho)
+        if fc is not None:
+            out[space] = fc
         key = f"{stage.params['name']}/gen-{n:03d}"
         ctx.say(f"forecast, {space} space: " + (forecast_line(key, n, fc) if fc is not None else
                 f"{key}: H(D_{n}) = {h:.4g}; no forecast yet ({len(figures)} scored generations, {MIN_POINTS} needed)"))
+    return out
 
 
 def candidate_features(ctx: StageContext, keys, sources, extractor: str) -> np.ndarray:

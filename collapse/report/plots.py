@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
 # Okabe-Ito colours (distinguishable with colour-blindness), yellow left out (unreadable on white).
@@ -160,6 +160,44 @@ def gs_entropy_plot(points: list[Point], colours: dict[str, str], runs: list[str
         fig.legend(loc="outside lower center", ncol=min(4, len(seen)), fontsize=7, frameon=False)
     box = _axes_box(fig, ax)
     return _png(fig), box, r, len(pts)
+
+
+def forecast_plot(points: list[dict], colours: dict[str, str], runs: list[str], title: str,
+                  label: str) -> tuple[bytes, list[int], int]:
+    """Each forecast generation of every run: the GS forecast before M_n trained (its prediction interval
+    as a bar) against the GS measured, on log axes, with the diagonal of a perfect forecast. ``points``:
+    {"run", "strategy", "generation", "gs", "forecast", "low", "high"}. Returns (PNG, axes box, points drawn)."""
+    pts = [p for p in points if all(p.get(k) and p[k] > 0 and math.isfinite(p[k]) for k in ("gs", "forecast"))]
+    fig = _new_figure(5.6, 4.2)
+    ax = fig.add_subplot()
+    seen = set()
+    if pts:
+        values = [v for p in pts for v in (p["gs"], p["forecast"])]
+        lo, hi = min(values) / 1.3, max(values) * 1.3
+        ax.plot([lo, hi], [lo, hi], color="#BBBBBB", linestyle="--", linewidth=1.2, zorder=1)
+    for p in pts:
+        colour = colours.get(p["strategy"], SHARED_COLOUR)
+        name = p["strategy"] if len(runs) == 1 else f"{p['run']} / {p['strategy']}"
+        err = [[p["forecast"] - p["low"]], [p["high"] - p["forecast"]]] if p.get("low") and p.get("high") else None
+        ax.errorbar([p["gs"]], [p["forecast"]], yerr=err, fmt=MARKERS[runs.index(p["run"]) % len(MARKERS)],
+                    color=colour, markersize=7, capsize=3, elinewidth=1, label=None if name in seen else name, zorder=2)
+        seen.add(name)
+        ax.annotate(str(p["generation"]), (p["gs"], p["forecast"]), xytext=(5, 4), textcoords="offset points",
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):   # 180, not 1.8 x 10^2
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title(f"{title}\n{len(pts)} forecast generations of {len(runs)} run(s)", fontsize=9)
+    ax.set_xlabel(f"GS measured [{label}]", fontsize=8)
+    ax.set_ylabel(f"GS forecast from H(D_n) [{label}]", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, which="both")
+    if seen:
+        fig.legend(loc="outside lower center", ncol=min(4, len(seen)), fontsize=7, frameon=False)
+    box = _axes_box(fig, ax)
+    return _png(fig), box, len(pts)
 
 
 def mosaic(images: np.ndarray, columns: int = 8, tile: int = 32, gap: int = 2) -> bytes:

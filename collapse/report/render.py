@@ -23,7 +23,7 @@ from collapse.forecast import LEVEL, backtest
 from collapse.plan import SHARED, STAGES
 from collapse.report import figures as F
 from collapse.report import html as H
-from collapse.report.plots import (LINESTYLES, SHARED_COLOUR, assign_colours, class_grid, gs_entropy_plot, line_plot,
+from collapse.report.plots import (LINESTYLES, SHARED_COLOUR, assign_colours, class_grid, forecast_plot, gs_entropy_plot, line_plot,
                                    mosaic, neighbours_plot)
 from collapse.report.read import Generation, Run, normalise_root, read_run, train_set_of
 
@@ -47,7 +47,7 @@ def render_report(run_dirs: list[str], out_url: str | None = None, storage_optio
     files: dict[str, bytes] = {}
     colours = assign_colours([s for r in runs for s in r.strategies])
     body = "\n".join([header(runs, colours), quality_warnings(runs), central(runs, colours, files),
-                      forecasts(runs), metric_plots(runs, colours, files), final_table(runs), per_class(runs, colours, files),
+                      forecasts(runs, colours, files), metric_plots(runs, colours, files), final_table(runs), per_class(runs, colours, files),
                       samples(runs, files), stage_times(runs), configs(runs, out), artefacts(runs, out)])
     so = storage_options if storage_options is not None else storage.storage_options_for(out)
     for name, data in files.items():
@@ -141,15 +141,37 @@ def central(runs: list[Run], colours: dict[str, str], files: dict) -> str:
     return "\n".join(out)
 
 
-def forecasts(runs: list[Run]) -> str:
+def forecasts(runs: list[Run], colours: dict[str, str], files: dict) -> str:
     """Each generation's GS as the line over the generations before it forecast it from H(D_n)
-    (collapse.forecast.backtest, per run and space), beside what was measured."""
+    (collapse.forecast.backtest, per run and space), beside what was measured: one plot per space
+    holding every run given (the relation across datasets and sizes, as the paper's Fig. 4a), then a
+    table per run and space."""
     out = [f"<h2>Forecast: GS from H(D_n)</h2><p class='small muted'>For generation n, the line ln GS = a + b H "
            f"fitted over every strategy's scored generations before n, evaluated at H(D_n): the GS that H(D_n) "
            f"forecast before M_n was trained, with its {LEVEL:.0%} prediction interval, beside the GS measured. "
            "Below rho (the copy radius) the forecast is the memorization regime. No forecast before 3 scored "
            "generations (docs/SCIENCE.md, \"Forecast\").</p>"]
+    for space in F.feature_spaces(runs):
+        points = [{"run": run.label, "strategy": r["strategy"], "generation": r["generation"], "gs": r["gs"],
+                   "forecast": r["forecast"]["gs"], "low": r["forecast"]["low"], "high": r["forecast"]["high"]}
+                  for run in runs for r in backtest(run.rows, space) if r["forecast"]]
+        if not points:
+            continue
+        png, box, drawn = forecast_plot(points, colours, [x.label for x in runs], f"GS forecast against measured, "
+                                        f"{space} space", F.space_scale(space))
+        name = f"plots/{space}-forecast.png"
+        files[name] = png
+        out.append(H.figure(name, f"GS forecast against measured, {space}", f"One point per forecast generation "
+                            f"of every run given (marker: run; colour: strategy), labelled n; bar: the "
+                            f"{LEVEL:.0%} prediction interval; dashed: a perfect forecast.",
+                            {"plot": f"{space}-forecast", "kind": "scatter", "points": drawn, "axes-box": box,
+                             "runs": [x.label for x in runs]}))
     for run in runs:
+        for g in run.generations:   # chains ended by run.stop_chain_below_rho (cluster/stages/select.py)
+            stop = (g.selection or {}).get("stop")
+            if stop:
+                out.append(f"<p class='partial'>{H.esc(run.label)}: {H.esc(stop['why'])}; the chain ends at "
+                           f"generation {g.generation}.</p>")
         for space in F.feature_spaces([run]):
             rows = backtest(run.rows, space)
             if not rows:

@@ -39,8 +39,11 @@ SCALES = {"vanilla": 1.0, "greedy": 1.0, "g3": 3.0}
 THREE = ("strategies=[{name: vanilla, kind: vanilla}, {name: greedy, kind: greedy, pool_factor: 2, features: pixel, "
          "per_class: true}, {name: g3, kind: vanilla, guidance_scale: 3}]")
 
-# the tiny preset, cheaper still (its classifier kept: the per-class figures need it), class-conditional
-CHEAP = (THREE, f"model.num_classes={K}", "train.steps=10", "sample.steps=4")
+# the tiny preset, cheaper still (its classifier kept: the per-class figures need it), class-conditional;
+# 3 generations planned, and a stop rule that every forecast meets (noise models generalize: their GS is
+# far above rho, 10^6 rho is not), so that each chain ends before training M_3 (run.stop_chain_below_rho)
+CHEAP = (THREE, f"model.num_classes={K}", "train.steps=10", "sample.steps=4", "run.generations=3",
+         "run.stop_chain_below_rho=1000000")
 
 
 def _collapse_run(cluster, run_dir: Path, *sets: str) -> str:
@@ -70,8 +73,26 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _selections(run_dir: Path) -> dict:
-    return {s: [k["key"] for k in mf.read_manifest(str(run_dir / s / "gen-001" / "selection"))["kept"]]
-            for s in STRATEGIES}
+    return {(s, n): [k["key"] for k in mf.read_manifest(str(run_dir / s / f"gen-{n:03d}" / "selection"))["kept"]]
+            for s in STRATEGIES for n in (1, 2)}
+
+
+def _stopped(planned) -> list[str]:
+    """The stages the stop rule leaves out: every strategy's generation 3."""
+    return [st.key for st in planned if st.strategy in STRATEGIES and st.generation == 3]
+
+
+def _assert_each_chain_stopped_before_m3(run_dir: Path, out: str) -> None:
+    """Each chain's gen-2 selection holds the decision and why; the driver said it; the report shows it."""
+    report = (run_dir / "report" / "index.html").read_text()
+    for s in STRATEGIES:
+        stop = mf.read_manifest(str(run_dir / s / "gen-002" / "selection"))["stop"]
+        assert stop["generation"] == 3 and stop["space"] == "pixel" and stop["factor"] == 1e6
+        assert stop["forecast"]["gs"] < 1e6 * stop["forecast"]["rho"] and stop["forecast"]["memorizes"] is False
+        assert stop["why"].startswith(f"{s} stops before training M_3: in pixel space H(D_3) = ")
+        assert stop["why"] in out and f"{s}: the chain ends; not run: {s}/gen-003/train" in out, out[-3000:]
+        assert f"{stop['why']}; the chain ends at generation 2." in report.replace("&#x27;", "'")
+        assert not (run_dir / s / "gen-003" / "model").exists()
 
 
 # Figures of the classifier (float32 torch): the driver of the sequential run and the stage runners
@@ -125,7 +146,10 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
     run_dir, side = side_by_side
     planned = plan(load_config("tiny", [f"run.run_dir={run_dir}", *CHEAP]))
     rec_side, sel_side, met_side = _records(run_dir), _selections(run_dir), _metrics(run_dir)
-    assert sorted(r["key"] for r in rec_side) == sorted(st.key for st in planned)
+    stopped = _stopped(planned)
+    assert len(stopped) == 12 and {k.rsplit("/", 1)[1] for k in stopped} == {"train", "sample", "featurize", "score"}
+    assert sorted(r["key"] for r in rec_side) == sorted(st.key for st in planned if st.key not in stopped)
+    _assert_each_chain_stopped_before_m3(run_dir, side)
     together = _across_strategies(overlaps(rec_side))
     trains = {frozenset(p) for p in together if all(k.endswith("/train") for k in p)}
     # the three trainings of generation 2 (one CPU each, four CPUs on the worker nodes) ran at once
@@ -135,7 +159,8 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
     # a stage starts only after every stage it reads has ended
     by_key = {r["key"]: r for r in rec_side}
     for st in planned:
-        assert all(by_key[a]["ended_at"] <= by_key[st.key]["started_at"] for a in st.after), st.key
+        if st.key not in stopped:
+            assert all(by_key[a]["ended_at"] <= by_key[st.key]["started_at"] for a in st.after), st.key
 
     # every stage of the strategies again, one after another, in a copy (the class tests read the original)
     seq_dir = tmp_path / "run"
@@ -144,9 +169,10 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
         shutil.rmtree(seq_dir / s)
         shutil.rmtree(seq_dir / "stages" / s)
     seq = _collapse_run(three_nodes, seq_dir, "resources.max_parallel_stages=1")
-    owned = [st.key for st in planned if st.key.split("/")[0] in STRATEGIES]
+    owned = [st.key for st in planned if st.key.split("/")[0] in STRATEGIES and st.key not in stopped]
     rec_seq = [r for r in _records(seq_dir) if r["key"].split("/")[0] in STRATEGIES]
-    assert sorted(r["key"] for r in rec_seq) == sorted(owned) and len(_records(seq_dir)) == len(planned)
+    assert sorted(r["key"] for r in rec_seq) == sorted(owned) and len(_records(seq_dir)) == len(planned) - 12
+    _assert_each_chain_stopped_before_m3(seq_dir, seq)
     assert all(r["started_at"] > max(x["ended_at"] for x in rec_side) for r in rec_seq)  # all of them made again
     assert overlaps(rec_seq) == [] and "(beside " not in seq
     assert _selections(seq_dir) == sel_side

@@ -95,3 +95,20 @@ def test_the_select_stage_says_the_gs_its_training_set_forecasts(tmp_path):
     say_forecast(ctx, ctx.plan["vanilla/gen-002/select"], keys, [SampleSet(pool)])
     h = kl_entropy(images[::2].reshape(6, -1).astype(np.float32))
     assert said[-1:] == ["forecast, pixel space: " + forecast_line("vanilla/gen-003", 3, forecast(figures.values(), h, 250.0))]
+
+    # run.stop_chain_below_rho = r: the chain stops when the forecast GS is below r x rho, and runs on when not
+    from dataclasses import replace
+
+    from cluster.stages.select import stop_decision
+    fc = forecast(figures.values(), h, 250.0)
+    stage = ctx.plan["vanilla/gen-002/select"]
+    for r, stops in ((0.0, False), (0.99 * fc.gs / 250.0, False), (1.01 * fc.gs / 250.0, True)):
+        ctx.cfg = replace(ctx.cfg, run=replace(ctx.cfg.run, stop_chain_below_rho=r))
+        said.clear()
+        decision = stop_decision(ctx, stage, {"pixel": fc})
+        assert (decision is not None) == stops, (r, fc)
+        if stops:
+            assert decision["generation"] == 3 and decision["space"] == "pixel" and decision["factor"] == r
+            assert decision["forecast"] == fc.as_dict() and said == [decision["why"]]
+            assert decision["why"].startswith("vanilla stops before training M_3: in pixel space H(D_3) = ")
+    assert stop_decision(ctx, stage, {}) is None   # no forecast yet (fewer than 3 scored generations): runs on

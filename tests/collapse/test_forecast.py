@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse.forecast import backtest, fit_line, forecast, forecast_line, predict
+from collapse.forecast import backtest, fit_line, forecast, forecast_line, predict, stops
 
 
 def test_points_on_a_line_give_the_line_and_an_interval_of_zero_width():
@@ -62,6 +62,17 @@ def test_below_rho_is_the_memorization_regime_and_the_line_says_so():
     above = forecast(points, 1250.0, rho=120.0)
     assert not above.memorizes and above.as_dict()["memorizes"] is False
     assert forecast_line("greedy/gen-003", 3, above).endswith("above rho = 120: the next model is forecast to generalize")
+
+
+def test_a_chain_stops_when_the_forecast_is_below_its_multiple_of_rho():
+    points = [(1300.0, 400.0), (1200.0, 300.0), (1100.0, 200.0), (1000.0, 150.0)]
+    fc = forecast(points, 900.0, rho=120.0)
+    assert stops(fc, 1.0) and fc.memorizes                       # the memorization regime, asked at 1 x rho
+    assert not stops(fc, 0.0)                                    # 0: never (the default)
+    assert stops(fc, 1.01 * fc.gs / 120.0) and not stops(fc, 0.99 * fc.gs / 120.0)
+    above = forecast(points, 1250.0, rho=120.0)
+    assert not stops(above, 1.0) and stops(above, 2 * above.gs / 120.0)
+    assert not stops(None, 1.0) and not stops(forecast(points, 900.0, rho=None), 1e9)
 
 
 def test_no_forecast_before_three_scored_generations_or_with_one_entropy():

@@ -41,6 +41,24 @@ def test_every_preset_plans_in_dependency_order(name):
     assert all(k in text for k in keys) and "totals:" in text and p.config_hash in text
 
 
+def test_with_a_stop_rule_each_select_waits_for_every_score_of_its_generation():
+    """run.stop_chain_below_rho > 0: select(s, n) reads the forecast over every strategy's generations up
+    to n, so it waits for all their scores (the decision must not depend on the schedule); off, it
+    waits for none, and the plan is the one of runs written before the rule."""
+    off, on = plan(demo()), plan(demo("run.stop_chain_below_rho=1.0"))
+    assert [s.key for s in off] != [s.key for s in on] and sorted(s.key for s in off) == sorted(s.key for s in on)
+    for s in off:
+        if s.name == "select":
+            assert not any(a.endswith("/score") for a in s.after), s.after
+    for s in on:
+        if s.name == "select":
+            n = s.generation
+            owners = [SHARED] if n == 1 else ["vanilla", "greedy", "tdf"]
+            assert {a for a in s.after if a.endswith("/score")} == {f"{o}/gen-{n:03d}/score" for o in owners}
+    assert {s.key: s.config_hash for s in off if s.name != "select" and s.generation == 1} == \
+        {s.key: s.config_hash for s in on if s.name != "select" and s.generation == 1}
+
+
 def test_generation_one_is_shared_and_strategies_read_their_prefix_of_its_pool():
     cfg = demo()
     p, L = plan(cfg), RunLayout(cfg.run.run_dir)

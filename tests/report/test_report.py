@@ -133,7 +133,7 @@ class Page(HTMLParser):
             self.images.append(a["src"])
         elif tag == "a":
             self.links.append(a["href"])
-        elif tag == "figure" and "data-series" in a:
+        elif tag == "figure" and "data-plot" in a:
             self.figures.append({k[5:]: (v if k in ("data-plot", "data-kind", "data-ylabel") else json.loads(v))
                                  for k, v in a.items() if k.startswith("data-")})
         elif tag == "body":
@@ -249,6 +249,36 @@ def test_the_forecast_section_holds_each_generation_forecast_from_the_ones_befor
         assert row[:4] == [r["strategy"], str(r["generation"]), str(r["points"]), H.num(r["h"])], row
         assert row[4:6] == ([H.num(fc["gs"]), f"[{H.num(fc['low'])}, {H.num(fc['high'])}]"] if fc else ["-", "-"]), row
         assert row[8] == H.num(r["gs"]) and row[10] == ("-" if fc is None else "yes" if r["inside"] else "no"), row
+    # the plot: each forecast generation at (measured GS, forecast GS), in the strategy's colour
+    plot = next(f for f in Page(text).figures if f["plot"] == "pixel-forecast")
+    assert plot["points"] == 2 and plot["runs"] == ["run"]
+    _assert_colours_drawn(tmp_path / "out" / "plots" / "pixel-forecast.png", plot["axes-box"], ("vanilla", "greedy"))
+
+
+def _assert_colours_drawn(png: Path, box: list[int], strategies) -> None:
+    """Pixels of each strategy's colour inside the axes box (the legend lies outside it)."""
+    from collapse.report.plots import assign_colours
+    colours = assign_colours(list(strategies))
+    for st in strategies:
+        assert colour_pixels(png, box, colours[st]) >= 8, st
+
+
+def test_the_forecast_plot_holds_every_run_given_and_a_stopped_chain_says_why(tmp_path):
+    """`collapse report A B`: one forecast plot per space with the forecast generations of both runs; a
+    chain ended by run.stop_chain_below_rho (its selection manifest's "stop") is named with its reason."""
+    for name in ("a", "b"):
+        build_run(str(tmp_path / name), generations=3)
+    L = RunLayout(str(tmp_path / "b"))
+    rec = json.loads(Path(L.selection("greedy", 2), "manifest.json").read_text())
+    rec["stop"] = {"generation": 3, "why": "greedy stops before training M_3: because a test says so"}
+    Path(L.selection("greedy", 2), "manifest.json").write_text(json.dumps(rec))
+    index = Path(render_report([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "both")))
+    text = index.read_text()
+    plot = next(f for f in Page(text).figures if f["plot"] == "pixel-forecast")
+    assert plot["points"] == 4 and plot["runs"] == ["a", "b"]
+    _assert_colours_drawn(index.parent / "plots" / "pixel-forecast.png", plot["axes-box"], ("vanilla", "greedy"))
+    assert "b: greedy stops before training M_3: because a test says so; the chain ends at generation 2." in text
+    assert text.count("the chain ends at generation") == 1
 
 
 def test_a_run_with_nothing_scored_yet_renders(tmp_path):
