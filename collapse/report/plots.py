@@ -186,9 +186,10 @@ def forecast_plot(points: list[dict], colours: dict[str, str], runs: list[str], 
                     fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):   # 180, not 1.8 x 10^2
+    for axis, (lo_, hi_) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):   # 180, not 1.8 x 10^2
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # minor ticks labelled within a decade only: across decades their labels run into each other
+        axis.set_minor_formatter(FuncFormatter((lambda v, _: f"{v:g}") if hi_ < 10 * lo_ else (lambda v, _: "")))
     ax.set_title(f"{title}\n{len(pts)} forecast generations of {len(runs)} run(s)", fontsize=9)
     ax.set_xlabel(f"GS measured [{label}]", fontsize=8)
     ax.set_ylabel(f"GS forecast from H(D_n) [{label}]", fontsize=8)
