@@ -50,9 +50,11 @@ class Loop:
         """Check the config against the run directory's, then run every stage not yet committed."""
         self.ctx.guard()
         self.check_config(extend)
-        todo = [s for s in self.plan if not self.ctx.done(s) and not self.stopped(s)]
+        left = [s for s in self.plan if not self.ctx.done(s)]
+        todo = [s for s in left if not self.stopped(s)]
         if not todo:
-            self.say(f"run {self.layout.root} is already complete ({len(self.plan)} stages); nothing to do")
+            ended = f"; {len(left)} not run: chains ended by run.stop_chain_below_rho" if left else ""
+            self.say(f"run {self.layout.root} is already complete ({len(self.plan)} stages{ended}); nothing to do")
         else:
             check_run_extractors(self.cfg)   # every extractor's weights are here, before any stage
             self.trackers = open_trackers(self.cfg, self.say, self.ctx.storage_options)

@@ -177,6 +177,10 @@ def test_three_strategies_run_side_by_side_with_the_results_of_a_sequential_run(
     _assert_each_chain_stopped_before_m3(seq_dir, seq, said_by=("greedy",))
     assert all(r["started_at"] > max(x["ended_at"] for x in rec_side) for r in rec_seq)  # all of them made again
     assert not any(f"] {s}/" in seq for s in ("vanilla", "g3")), seq[-3000:]      # the others were kept
+    # resubmitted, the run reads the committed decisions: complete, generation 3 still not run
+    again = _collapse_run(three_nodes, seq_dir, "resources.max_parallel_stages=1")
+    assert "is already complete" in again and "12 not run: chains ended by run.stop_chain_below_rho" in again \
+        and "/gen-003/" not in again, again[-3000:]
     assert overlaps(rec_seq) == [] and "(beside " not in seq
     assert _selections(seq_dir) == sel_side
     _assert_same_rows(met_side, _metrics(seq_dir))
