@@ -22,18 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
 
 from collapse import config
+from collapse.config_checks import TRACKING_URI
 from collapse.data import storage
 from collapse.data.manifest import read_manifest
 from collapse.data.urls import RunLayout
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb"}
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:")
 
 
 def _number(v) -> bool:
@@ -83,7 +82,7 @@ class _TensorBoard:
 
 class _MLflow:
     def __init__(self, uri: str, experiment: str, tags: dict, strategies: list[str]):
-        if uri.startswith("file:") or not _SCHEME.match(uri):
+        if uri.startswith("file:") or not TRACKING_URI.match(uri):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
         self.client, self.where = MlflowClient(tracking_uri=uri), f"{uri} (experiment {experiment})"

@@ -143,14 +143,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-_URI = re.compile(r"^[a-z][a-z0-9+.-]*:")   # file:/x, sqlite:///x, http://h:5000, databricks://profile
+TRACKING_URI = re.compile(r"^[a-z][a-z0-9+.-]*:")   # file:/x, sqlite:///x, http://h:5000, databricks://profile
 
 
 def _check_trackers(tr, run_dir: str) -> None:
     """trackers.mlflow: off, "local" beside a local run directory, or a tracking URI or path. A typo such
     as 'locl' is refused rather than taken for a relative path."""
     uri = tr.mlflow
-    _need(uri in ("", "local") or bool(_URI.match(uri)) or uri.startswith(("/", "./", "../", "~")),
+    _need(uri in ("", "local") or bool(TRACKING_URI.match(uri)) or uri.startswith(("/", "./", "../", "~")),
           "trackers.mlflow", f"{uri!r}: allowed: '' (off), 'local' (<run>/mlruns), a tracking URI "
           "(http://host:5000, sqlite:///path/mlflow.db, file:/path) or a path starting with /, ./ or ~")
     _need(uri != "local" or scheme_of(run_dir or ".") in ("file", "local"), "trackers.mlflow",
