@@ -33,8 +33,12 @@ _OBJECT_STORES = ("s3", "s3a", "gs", "gcs")
 # - a refused connection is retried by botocore only: 3.5 s until the error names the endpoint.
 # tests/data/test_flaky_store.py runs the storage layer through a proxy that injects these faults.
 S3FS_RETRIES = 10
+# No listings cache: other processes (workers, another driver) write the run's objects, and s3fs would
+# answer exists() and reads from a listing made before them (a `collapse verify` in a driver, then a
+# read of what a job wrote since, said FileNotFoundError).
 _S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
-                                  "retries": {"mode": "standard", "max_attempts": 3}}}
+                                  "retries": {"mode": "standard", "max_attempts": 3}},
+                "use_listings_cache": False}
 
 
 def storage_options_for(url: str) -> dict | None:

@@ -243,3 +243,16 @@ def test_features_of_the_single_file_layout_of_older_runs_are_read(tmp_path):
     mf.write_manifest(str(where), m)
     assert np.array_equal(load_features(s, "pixel"), values)
     assert np.array_equal(load_features(s, "pixel", keys=[s.keys[5]]), values[5:6])
+
+
+def test_what_another_process_wrote_after_a_listing_is_seen(moto_bucket):
+    """A driver that listed the run (`collapse verify` does) and then reads what a job wrote since: s3fs's
+    listings cache answered from the old listing (FileNotFoundError); the storage layer keeps none."""
+    endpoint, bucket = moto_bucket
+    opts = endpoint.storage_options
+    storage.write_bytes(f"{bucket}/run/a", b"1", opts)
+    fs, path = storage.open_fs(f"{bucket}/run", opts)
+    assert fs.find(path) == [f"{path}/a"]
+    endpoint.filesystem().pipe(f"{path}/b", b"2")   # another process: its own client
+    assert storage.exists(f"{bucket}/run/b", opts) and storage.read_bytes(f"{bucket}/run/b", opts) == b"2"
+    assert storage.list_names(f"{bucket}/run", opts) == ["a", "b"]
