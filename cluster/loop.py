@@ -45,13 +45,27 @@ class Loop:
         self.cfg, self.plan, self.layout, self.say = cfg, self.ctx.plan, self.ctx.layout, progress
         self.trackers = None   # cluster.trackers.Trackers while run() runs stages
         self.stops = {}        # select stage key -> its committed stop decision or None (Loop.stopped)
+        self._pending = None   # (stages left, stages to run) once pending() has checked the run directory
+
+    def set_progress(self, say) -> None:
+        """Where the loop and its stages say what they do from now on."""
+        self.say = self.ctx.say = say
+
+    def pending(self, extend: bool = False) -> list:
+        """Check the config against the run directory's (a ConfigError names what differs), then the
+        stages still to run. Needs no Ray: a driver asks before it starts one, so that another config is
+        refused, and a finished run found finished, in seconds."""
+        if self._pending is None:
+            self.ctx.guard()
+            self.check_config(extend)
+            left = [s for s in self.plan if not self.ctx.done(s)]
+            self._pending = left, [s for s in left if not self.stopped(s)]
+        return self._pending[1]
 
     def run(self, extend: bool = False) -> list[dict]:
         """Check the config against the run directory's, then run every stage not yet committed."""
-        self.ctx.guard()
-        self.check_config(extend)
-        left = [s for s in self.plan if not self.ctx.done(s)]
-        todo = [s for s in left if not self.stopped(s)]
+        todo = list(self.pending(extend))
+        left, self._pending = self._pending[0], None
         if not todo:
             ended = f"; {len(left)} not run: chains ended by run.stop_chain_below_rho" if left else ""
             self.say(f"run {self.layout.root} is already complete ({len(self.plan)} stages{ended}); nothing to do")

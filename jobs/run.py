@@ -89,10 +89,14 @@ def main(args) -> int:
         from collapse.report.table import summary_table
         from cluster.runtime import connect
         t0 = time.perf_counter()
-        connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
+        loop = Loop(cfg, lease=lease)
+        # another config is refused, and a finished run found finished, before any Ray starts
+        todo = loop.pending(extend=args.extend)
+        if todo:
+            connect(args.address, num_cpus=args.num_cpus or max(4, os.cpu_count() or 1))
         # a terminal gets progress bars (cluster.progress_board); a log or a pipe plain lines every 30 s
-        with _progress(bars=sys.stdout.isatty() and not args.plain) as say:
-            loop = Loop(cfg, progress=say, lease=lease)
+        with _progress(bars=bool(todo) and sys.stdout.isatty() and not args.plain) as say:
+            loop.set_progress(say)
             rows = loop.run(extend=args.extend)
     finally:
         if lease is not None:

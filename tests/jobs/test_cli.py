@@ -115,6 +115,16 @@ def test_dry_run_refuses_what_it_can_know(args, names, capsys):
     assert out == ""
 
 
+def test_a_run_dir_of_another_config_is_refused_before_any_ray_starts(tmp_path, capsys, monkeypatch):
+    """The driver compares the configs before it starts or joins a Ray: a wrong --set costs seconds."""
+    from cluster.loop import Loop
+    run = tmp_path / "run"
+    Loop(load_config("tiny", [f"run.run_dir={run}"])).pending()   # saves the run's config, as its first driver does
+    monkeypatch.setattr("cluster.runtime.connect", lambda *a, **k: pytest.fail("Ray was started"))
+    code, out, err = _run_cli(capsys, "run", "--config", "tiny", "--run-dir", str(run), "--set", "train.steps=21")
+    _one_line_error(code, err, str(run), "another config", "train.steps: 20 -> 21")
+
+
 def test_usage_errors_and_unexpected_failures_are_one_line(tmp_path, capsys):
     code, _, err = _run_cli(capsys, "select", "x", "--n", "3")
     _one_line_error(code, err, "--strategy")
