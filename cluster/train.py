@@ -129,7 +129,8 @@ def train_loop_per_worker(config: dict) -> None:
     on_gpu = torch.cuda.is_available()
     os.environ["DS_ACCELERATOR"] = "cuda" if on_gpu else "cpu"
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
-    import deepspeed
+    with _hidden("mlflow"):  # DeepSpeed's autotuner imports it when installed: ~1 s of every worker's start
+        import deepspeed
     import torch.distributed as dist
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -276,6 +277,22 @@ def _spool_errors(what: str):
         if enospc or shutil.disk_usage(storage.spool_dir()).free < 16 * 2 ** 20:
             raise storage.full_spool(e, what) from e
         raise
+
+
+@contextlib.contextmanager
+def _hidden(module: str):
+    """``import module`` fails inside (ImportError, as if it were not installed), unless it was imported
+    already; afterwards it imports as usual. For an optional import of a library that we do not use
+    there (docs/PLATFORM.md)."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None
+    try:
+        yield
+    finally:
+        if sys.modules.get(module, 0) is None:
+            del sys.modules[module]
 
 
 def _quiet_reports() -> None:
