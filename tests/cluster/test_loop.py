@@ -188,11 +188,14 @@ def test_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(ray_head, cep
     assert "train.steps: 20 -> 21" in r.stdout + r.stderr
 
 
-def test_killed_job_resubmitted_on_one_sampler_actor_matches_the_uninterrupted_run_on_two(ray_head, ceph_s3,
-                                                                                          finished_run):
-    """Killed in the middle of generation 1 and resubmitted: the same selections and figures as the
-    module's uninterrupted run. Both submissions sample with one actor, the module's run with two:
-    the pools, and so everything after them, do not depend on the number of sampler actors."""
+def test_killed_job_with_a_damaged_pool_shard_resubmitted_on_one_sampler_actor_matches_the_run_on_two(
+        ray_head, ceph_s3, finished_run):
+    """Killed in the middle of generation 1, then a bit flipped at rest in its committed pool shard, and
+    resubmitted: the same selections and figures as the module's uninterrupted run. `collapse verify`
+    names the shard; the resubmitted run finds it when a stage reads it, re-samples that shard alone
+    from its seeds (bit for bit) and goes on. Both submissions sample with one actor, the module's run
+    with two: the pools, and so everything after them, do not depend on the number of sampler actors."""
+    from collapse.data.verify import verify
     root_a, opts, _ = finished_run
     root = "s3://loop-tests/run-killed"
     one_actor = ("--set", "resources.sampler_min_actors=1", "--set", "resources.sampler_max_actors=1")
@@ -200,45 +203,34 @@ def test_killed_job_resubmitted_on_one_sampler_actor_matches_the_uninterrupted_r
     r = _submit(ray_head, ceph_s3, root, *one_actor, wait=False, job_id=job_id)
     assert r.returncode == 0, r.stderr
     deadline = time.time() + 400
-    marker = storage.join(RunLayout(root).stage_record("shared/gen-001/sample"), "manifest.json")
+    marker = storage.join(RunLayout(root).stage_record(f"{SHARED}/gen-001/sample"), "manifest.json")
     while not storage.exists(marker, opts):  # kill it in the middle of generation 1
         assert time.time() < deadline, _ray_job(ray_head, "logs", job_id).stdout[-3000:]
         time.sleep(0.5)
     stop = _ray_job(ray_head, "stop", job_id)
     assert stop.returncode == 0, stop.stderr
     assert not storage.exists(RunLayout(root).metrics("greedy", 2), opts)
-    r = _submit(ray_head, ceph_s3, root, *one_actor)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "with 1..1 actor(s)" in r.stdout and "] shared/gen-001/sample ..." not in r.stdout, r.stdout[-4000:]
-    assert _selections(root, opts) == _selections(root_a, opts)
-    _assert_same_metrics(_metrics(root_a, opts), _metrics(root, opts))
 
-
-def test_a_damaged_pool_shard_is_named_by_verify_and_resampled_by_the_next_run(ray_head, ceph_s3, finished_run):
-    """A bit flipped at rest in a committed pool shard: `collapse verify` names it; the resubmitted run
-    finds it when a stage reads it, re-samples that shard from its seeds (bit for bit) and goes on."""
-    from collapse.data.verify import verify
-    root, opts, _ = finished_run
-    want_selections, want_metrics = _selections(root, opts), _metrics(root, opts)
     shard = storage.join(RunLayout(root).pool(SHARED, 1), "shard-000000.tar")
     original = storage.read_bytes(shard, opts)
     damaged = bytearray(original)
     damaged[700] ^= 0x01
     storage.write_bytes(shard, bytes(damaged), opts)
-    try:
-        assert [f.part_url for f in verify(root, opts).findings] == [shard]
-        storage.remove(RunLayout(root).stage_record(f"{SHARED}/gen-001/score"), opts, recursive=True)
-        r = _submit(ray_head, ceph_s3, root)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-        assert f"damaged: {shard}" in r.stdout and f"rebuilding it with {SHARED}/gen-001/sample" in r.stdout, \
-            r.stdout[-4000:]
-        assert storage.read_bytes(shard, opts) == original
-        assert verify(root, opts).findings == ()
-        assert _selections(root, opts) == want_selections
-        _assert_same_metrics(want_metrics, _metrics(root, opts))
-    finally:  # the module's run stays whole for any test after this one
-        if storage.read_bytes(shard, opts) != original:
-            storage.write_bytes(shard, original, opts)
+    assert [f.part_url for f in verify(root, opts).findings] == [shard]
+    # a stage that reads the pool is still to run, however far the job got before it stopped
+    storage.remove(RunLayout(root).stage_record(f"{SHARED}/gen-001/score"), opts, recursive=True)
+
+    r = _submit(ray_head, ceph_s3, root, *one_actor)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert f"damaged: {shard}" in r.stdout and f"rebuilding it with {SHARED}/gen-001/sample" in r.stdout, \
+        r.stdout[-4000:]
+    # resumed where it stopped: the sample stage is not run again, only the damaged shard re-made
+    assert "] shared/gen-001/sample ..." not in r.stdout and "(3 already done) with 1..1 actor(s)" in r.stdout, \
+        r.stdout[-4000:]
+    assert storage.read_bytes(shard, opts) == original
+    assert verify(root, opts).findings == ()
+    assert _selections(root, opts) == _selections(root_a, opts)
+    _assert_same_metrics(_metrics(root_a, opts), _metrics(root, opts))
 
 
 def test_no_credential_reaches_the_run_dir_the_report_or_the_logs(ray_head, ceph_s3, finished_run):
