@@ -180,12 +180,19 @@ def test_generation_two_training_images_trace_back_to_their_generation_one_sampl
 
 
 def test_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(ray_head, ceph_s3, finished_run):
+    """Run again as a driver on the cluster (as the job's entrypoint is): both are decided from the run
+    directory before the driver joins Ray (jobs/run.py), so no job is submitted for them."""
     root, opts, _ = finished_run
-    r = _submit(ray_head, ceph_s3, root)
-    assert r.returncode == 0 and "already complete" in r.stdout
-    r = _submit(ray_head, ceph_s3, root, "--set", "train.steps=21")
-    assert r.returncode != 0
-    assert "train.steps: 20 -> 21" in r.stdout + r.stderr
+
+    def driver(*extra):
+        return subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", root, *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**ray_head.env, "PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": ceph_s3.endpoint_url,
+                                   "AWS_ACCESS_KEY_ID": ceph_s3.key, "AWS_SECRET_ACCESS_KEY": ceph_s3.secret})
+    r = driver()
+    assert r.returncode == 0 and "already complete" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    r = driver("--set", "train.steps=21")
+    assert r.returncode == 2 and "train.steps: 20 -> 21" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_killed_job_with_a_damaged_pool_shard_resubmitted_on_one_sampler_actor_matches_the_run_on_two(
