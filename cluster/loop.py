@@ -24,13 +24,13 @@ import json
 import time
 
 from cluster.runtime import lost_to_the_cluster
-from cluster.stages import run_stage
+from cluster.stages import MAX_REBUILD_DEPTH, rebuild, run_stage
 from cluster.stages.context import StageContext
 from cluster.trackers import open_trackers
 from collapse import config
 from collapse.config_checks import check_run_extractors
 from collapse.data import manifest, storage
-from collapse.errors import ConfigError
+from collapse.errors import ConfigError, DamagedError, find_damage
 from collapse.plan import SHARED, stage_strategies
 from collapse.progress import ETA
 from collapse.report import render_report
@@ -150,6 +150,7 @@ class Loop:
         finished = {s.key for s in self.plan if s not in todo}
         cap = self.cfg.resources.max_parallel_stages
         idle, running, failure = {}, {}, None  # idle: (cpus, gpus) -> runners; running: ref -> (stage, runner, attempt)
+        damaged, rebuilt = {}, {}  # part URL -> (set URL, the first stage that found it); part URL -> rebuilds
         eta, t_start = ETA(side_by_side=True, lanes=cap), time.perf_counter()
 
         def launch(stage, attempt: int = 0) -> None:
@@ -181,7 +182,15 @@ class Loop:
 
         try:
             while True:
-                if failure is None:
+                if failure is None and damaged and not running:
+                    # a damaged input, found by one or more stages side by side: rebuilt here, once, when no
+                    # stage that may read it is running; the stages that found it start again after
+                    try:
+                        self.rebuild_damaged(damaged, rebuilt)
+                    except Exception as e:  # noqa: BLE001 - it cannot be rebuilt: the run's error
+                        failure = e
+                    damaged.clear()
+                if failure is None and not damaged:
                     totals = ray.cluster_resources()  # read again each time: a cluster may grow or shrink
                     capacity = {"CPU": float(totals.get("CPU", 0.0)), "GPU": float(totals.get("GPU", 0.0))}
                     demands = {s.key: demand(s) for s, _, _ in running.values()}
@@ -198,7 +207,12 @@ class Loop:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as e:  # the stage raised: its own error, not Ray's
-                        failure = failure or (e.cause if isinstance(e.cause, BaseException) else e)
+                        cause = e.cause if isinstance(e.cause, BaseException) else e
+                        found = find_damage(cause)
+                        if found is not None and failure is None:
+                            damaged.setdefault(found[1], (found[0], stage))
+                        else:
+                            failure = failure or cause
                         release(stage, runner)
                         continue
                     except Exception as e:  # noqa: BLE001 - the runner itself is gone
@@ -222,6 +236,15 @@ class Loop:
                 ray.kill(runner)
         if failure is not None:
             raise failure
+
+    def rebuild_damaged(self, damaged: dict, rebuilt: dict) -> None:
+        """Rebuild each damaged part (cluster.stages.rebuild) in this process, once however many stages
+        found it; a part found damaged again after MAX_REBUILD_DEPTH rebuilds is the run's error."""
+        for part, (set_url, reader) in damaged.items():
+            rebuilt[part] = rebuilt.get(part, 0) + 1
+            if rebuilt[part] > MAX_REBUILD_DEPTH:
+                raise DamagedError(part, set_url, f"still damaged after {MAX_REBUILD_DEPTH} rebuilds")
+            rebuild(self.ctx, set_url, part, reader=reader, depth=0)
 
     def clear_half_writes(self, stage) -> None:
         """A stage that (re)starts first aborts the multipart uploads a killed run left under its outputs

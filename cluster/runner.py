@@ -27,7 +27,8 @@ class StageRunner:
         self.lines: list[str] = []
         self.lock = threading.Lock()
         # the driver's storage options: its environment does not reach this actor
-        self.ctx = StageContext(cfg, say=self.say, storage_options=storage_options)
+        # a damaged input goes back to the driver, which rebuilds it once (cluster.loop.run_side_by_side)
+        self.ctx = StageContext(cfg, say=self.say, storage_options=storage_options, rebuilds=False)
 
     def say(self, line: str) -> None:
         with self.lock:

@@ -32,7 +32,9 @@ def run_stage(ctx: StageContext, stage: Stage, depth: int = 0) -> None:
     (collapse.errors.transient_storage_error: throttled past the client's retries, the endpoint
     unreachable for a while), runs again, up to ATTEMPTS runs (what it committed stays); one that
     finds committed bytes differing from their manifest has the stage that wrote them rebuild them
-    (deterministically), then runs again."""
+    (deterministically), then runs again; in a stage runner (``ctx.rebuilds`` false) it raises
+    the DamagedError to the driver instead, which rebuilds the part once for all the stages that
+    read it side by side (cluster.loop)."""
     for attempt in range(ATTEMPTS):
         try:
             return STAGES[stage.name](ctx, stage)
@@ -49,7 +51,7 @@ def run_stage(ctx: StageContext, stage: Stage, depth: int = 0) -> None:
                 ctx.say(f"{stage.key}: {storage_error}; running the stage again in {STORAGE_WAIT_S[attempt]:.0f} s")
                 time.sleep(STORAGE_WAIT_S[attempt])
                 continue
-            if damage is None or last or depth > MAX_REBUILD_DEPTH:
+            if damage is None or last or depth > MAX_REBUILD_DEPTH or not ctx.rebuilds:
                 raise
             rebuild(ctx, *damage, reader=stage, depth=depth)
 

@@ -35,6 +35,9 @@ class StageContext:
     lease: object = None                   # collapse.data.lease.Lease of the driver (None in a runner)
     # of the run directory's URL (None: none); a runner actor gets the driver's, its environment is not the driver's
     storage_options: dict | None | str = FROM_THE_ENVIRONMENT
+    # a damaged input is rebuilt where the stage found it (True), or its DamagedError raised to the driver,
+    # which rebuilds it once for every stage beside it that reads it (a runner: cluster.loop.run_side_by_side)
+    rebuilds: bool = True
     plan: Plan = field(init=False)
     layout: RunLayout = field(init=False)
 
