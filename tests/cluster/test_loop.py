@@ -21,11 +21,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUNTIME_EXCLUDES = [".venv", ".git", ".state", "runs", "**/__pycache__", ".pytest_cache"]
 
 
+def _store_env(endpoint) -> dict:
+    """The standard variables that name the test store to a driver."""
+    return {"AWS_ENDPOINT_URL": endpoint.endpoint_url, "AWS_ACCESS_KEY_ID": endpoint.key,
+            "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 def _job_env(endpoint, **env) -> str:
-    return json.dumps({"env_vars": {"AWS_ENDPOINT_URL": endpoint.endpoint_url, "AWS_ACCESS_KEY_ID": endpoint.key,
-                                    "AWS_SECRET_ACCESS_KEY": endpoint.secret, "AWS_EC2_METADATA_DISABLED": "true",
-                                    **env},
-                       "excludes": RUNTIME_EXCLUDES})
+    return json.dumps({"env_vars": {**_store_env(endpoint), **env}, "excludes": RUNTIME_EXCLUDES})
 
 
 def _ray_job(head, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -187,8 +190,7 @@ def test_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(ray_head, cep
     def driver(*extra):
         return subprocess.run([sys.executable, "-m", "jobs.cli", "run", "--config", "tiny", "--run-dir", root, *extra],
                               cwd=ROOT, capture_output=True, text=True, timeout=300,
-                              env={**ray_head.env, "PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": ceph_s3.endpoint_url,
-                                   "AWS_ACCESS_KEY_ID": ceph_s3.key, "AWS_SECRET_ACCESS_KEY": ceph_s3.secret})
+                              env={**ray_head.env, "PYTHONPATH": str(ROOT), **_store_env(ceph_s3)})
     r = driver()
     assert r.returncode == 0 and "already complete" in r.stdout, (r.stdout + r.stderr)[-3000:]
     r = driver("--set", "train.steps=21")
