@@ -337,7 +337,7 @@ def train_model(train_url: str, model_url: str, spec: TrainSpec, *, num_workers:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from collapse.diffusion.batches import BATCH_ORDER
+    from collapse.diffusion.presets import BATCH_ORDER
     spec.validate(num_workers)
     if spec.precision == "fp16" and not use_gpu:
         raise ValueError(FP16_ON_CPU)

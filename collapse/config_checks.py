@@ -36,7 +36,7 @@ _CHANNELS = {"grey": 1, "rgb": 3}
 @functools.lru_cache(maxsize=None)
 def _registries() -> tuple[dict, tuple]:
     """({UNet preset: (sample_size, channels)}, feature extractor names); imported on first use (torch)."""
-    from collapse.diffusion.models import UNET_PRESETS
+    from collapse.diffusion.presets import UNET_PRESETS
     from collapse.features import EXTRACTORS
     return {k: (p.sample_size, p.channels) for k, p in UNET_PRESETS.items()}, tuple(sorted(EXTRACTORS))
 

@@ -241,7 +241,7 @@ class _Builder:
         # scored: the pool's first gs_samples; candidates: its first k*N (gs_samples may exceed k*N)
         count = c.metrics.gs_samples if n == self.G else max(c.metrics.gs_samples, *(
             paradigms.pool_size(self.N, x.pool_factor) for x in strategies), 1)
-        from collapse.diffusion.batches import BATCH_ORDER  # torch: imported when a plan is built
+        from collapse.diffusion.presets import BATCH_ORDER
         if n == 1 and s is not None:
             t = f"{SHARED}/gen-001/train"
         else:

@@ -42,6 +42,26 @@ def test_importing_every_collapse_module_loads_no_ray_or_deepspeed():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_a_driver_and_a_stage_runner_check_and_plan_every_preset_without_diffusers():
+    """The driver (jobs.run, cluster.loop) and each stage runner (cluster.runner, cluster.stages) read the
+    UNet presets and the batch order's name (collapse.diffusion.presets); diffusers (with transformers
+    and torch._dynamo, ~3 s per process) is imported where a model is built, not for those names."""
+    code = ("import sys\n"
+            "import jobs.run, cluster.loop, cluster.runner, cluster.stages\n"
+            "from collapse.plan import plan\n"
+            "from jobs.presets import list_presets, load_config\n"
+            "stages = sum(len(plan(load_config(p, ['run.run_dir=/tmp/r'])).stages) for p in list_presets())\n"
+            "print(stages, sorted({m.split('.')[0] for m in sys.modules} & {'diffusers', 'transformers', 'deepspeed'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stages, loaded = out.stdout.split(" ", 1)
+    assert int(stages) > 100 and loaded.strip() == "[]", out.stdout
+    from collapse import diffusion   # the package still gives every name and module, from its modules
+    assert set(diffusion._SUBMODULES) == {p.stem for p in (ROOT / "collapse" / "diffusion").glob("[!_]*.py")}
+    assert all(getattr(diffusion, name) is not None for name in (*diffusion.__all__, *diffusion._SUBMODULES))
+    assert diffusion.UNET_PRESETS is diffusion.models.UNET_PRESETS and callable(diffusion.build_unet)
+
+
 def test_the_rule_catches_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import ray.train\nfrom deepspeed import ops\n")

@@ -12,8 +12,9 @@ the same experiment. Hence:
 and label-dropout draws come from one generator keyed by (seed, step) over the whole global batch.
 Rank r of W takes the slots [r B/W, (r+1) B/W). Nothing here depends on the rank but that slice.
 
-``BATCH_ORDER`` names this scheme; it enters the training stage's hash, so a run trained under an
-earlier order (each rank streaming its own shards, noise keyed by rank) is never resumed into it.
+``BATCH_ORDER`` names this scheme (defined in ``collapse.diffusion.presets``, which a plan imports
+without torch); it enters the training stage's hash, so a run trained under an earlier order (each
+rank streaming its own shards, noise keyed by rank) is never resumed into it.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import numpy as np
 import torch
 
 from collapse.diffusion.loss import draw_timesteps_and_noise, drop_class_labels
-
-BATCH_ORDER = "global-batch-v1"
+from collapse.diffusion.presets import BATCH_ORDER  # noqa: F401  (re-exported)
 
 
 def _check(step: int, batch_size: int, count: int) -> None:

@@ -32,40 +32,15 @@ Class conditioning (for classifier-free guidance, Ho & Salimans 2022): ``num_cla
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from collapse.diffusion.presets import UNET_PRESETS, UNetPreset  # noqa: F401  (re-exported)
+
 _DOWN = {"plain": "DownBlock2D", "attn": "AttnDownBlock2D"}
 _UP = {"plain": "UpBlock2D", "attn": "AttnUpBlock2D"}
-
-
-@dataclass(frozen=True)
-class UNetPreset:
-    """Hyperparameters of one ``UNet2DModel``; ``down_attention[i]``: block i has self-attention."""
-
-    sample_size: int
-    channels: int
-    widths: tuple[int, ...]
-    layers_per_block: int
-    down_attention: tuple[bool, ...]
-    up_attention: tuple[bool, ...]
-    norm_num_groups: int = 32
-    attention_head_dim: int = 8
-    dropout: float = 0.0
-
-
-UNET_PRESETS: dict[str, UNetPreset] = {
-    "tiny": UNetPreset(16, 1, (32, 64), 1, (False, False), (False, False)),
-    "narrow": UNetPreset(16, 1, (16, 32), 1, (False, False), (False, False), norm_num_groups=8),
-    "small-28": UNetPreset(28, 1, (32, 64, 64), 1, (False, False, True), (True, False, False)),
-    "small-32": UNetPreset(32, 1, (32, 64, 64), 1, (False, False, True), (True, False, False)),
-    "cifar10-paper": UNetPreset(
-        32, 3, (48, 48, 96, 96, 192, 192), 2,
-        (False, False, False, False, True, False), (False, True, False, False, False, False),
-        norm_num_groups=16),
-}
 
 # The paper's schedule: DDPM, T = 1000, linear betas 1e-4..0.02, epsilon prediction (Ho et al.
 # 2020). The rest is diffusers' DDPM default, stated so that it cannot drift: posterior variance
