@@ -78,12 +78,15 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _axes_box(fig: Figure, ax) -> list[int]:
-    """[left, top, right, bottom] of the axes in image pixels (origin top left), inside the spines."""
-    fig.canvas.draw()
+def _png_and_box(fig: Figure, ax) -> tuple[bytes, list[int]]:
+    """The PNG, and [left, top, right, bottom] of the axes in its pixels (origin top left), inside the
+    spines: read from the layout that saving the PNG drew (at the figure's own dpi), not from a second
+    draw (drawing and laying out a figure is most of a report's time)."""
+    png = _png(fig)
     bb = ax.get_window_extent()
     height = fig.bbox.height
-    return [math.ceil(bb.x0) + 1, math.ceil(height - bb.y1) + 1, math.floor(bb.x1) - 1, math.floor(height - bb.y0) - 1]
+    return png, [math.ceil(bb.x0) + 1, math.ceil(height - bb.y1) + 1, math.floor(bb.x1) - 1,
+                 math.floor(height - bb.y0) - 1]
 
 
 def _nested_styles(count: int) -> list[tuple[float, float]]:
@@ -113,8 +116,7 @@ def line_plot(series: list[Series], title: str, ylabel: str, xlabel: str = "gene
     ax.grid(alpha=0.3)
     if series or references:
         fig.legend(loc="outside lower center", ncol=min(3, len(series) + len(references)), fontsize=7, frameon=False)
-    box = _axes_box(fig, ax)
-    return _png(fig), box
+    return _png_and_box(fig, ax)
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,8 @@ def gs_entropy_plot(points: list[Point], colours: dict[str, str], runs: list[str
     ax.grid(alpha=0.3)
     if seen:
         fig.legend(loc="outside lower center", ncol=min(4, len(seen)), fontsize=7, frameon=False)
-    box = _axes_box(fig, ax)
-    return _png(fig), box, r, len(pts)
+    png, box = _png_and_box(fig, ax)
+    return png, box, r, len(pts)
 
 
 def forecast_plot(points: list[dict], colours: dict[str, str], runs: list[str], title: str,
@@ -197,8 +199,8 @@ def forecast_plot(points: list[dict], colours: dict[str, str], runs: list[str], 
     ax.grid(alpha=0.3, which="both")
     if seen:
         fig.legend(loc="outside lower center", ncol=min(4, len(seen)), fontsize=7, frameon=False)
-    box = _axes_box(fig, ax)
-    return _png(fig), box, len(pts)
+    png, box = _png_and_box(fig, ax)
+    return png, box, len(pts)
 
 
 def mosaic(images: np.ndarray, columns: int = 8, tile: int = 32, gap: int = 2) -> bytes:

@@ -338,3 +338,26 @@ def test_links_are_relative_only_inside_the_run():
     assert href("s3://b/run/x/model/", "s3://b/run/report", "s3://b/run") == "../x/model/"
     assert href("/r/run/config.yaml", "/r/out", "/r/run") == "file:///r/run/config.yaml"
     assert href("s3://b/run/config.yaml", "s3://b/out", "s3://b/run") == "s3://b/run/config.yaml"
+
+
+@pytest.mark.parametrize("kind", ["line", "forecast"])
+def test_the_axes_box_given_with_a_plot_lies_just_inside_that_png_s_spines(kind):
+    """The box (which the page uses to place its hover targets and the tests to find the drawn lines)
+    is read from the layout that drew the PNG: each of the four spines, a dark line of 1 px, lies in the
+    3 px just outside the box along its whole side (the box rounds inwards), and no such line is inside it."""
+    from collapse.report.plots import Series, forecast_plot, line_plot
+    if kind == "line":
+        png, box = line_plot([Series("vanilla", "r", "vanilla", "#0072B2", "-", (1, 2, 3), (1.0, 2.0, 1.5))],
+                             "entropy", "H [nats]", references=[("real", 1.2)])
+    else:
+        png, box, _ = forecast_plot([{"run": "r", "strategy": "vanilla", "generation": 2, "gs": 180.0,
+                                      "forecast": 150.0, "low": 90.0, "high": 260.0}],
+                                    {"vanilla": "#0072B2"}, ["r"], "forecast", "pixel")
+    import io
+    dark = np.asarray(Image.open(io.BytesIO(png)).convert("L")) < 100
+    left, top, right, bottom = box
+    inner = dark[top:bottom, left:right]
+    sides = {"left": dark[top:bottom, left - 3:left].all(axis=0), "right": dark[top:bottom, right:right + 3].all(axis=0),
+             "top": dark[top - 3:top, left:right].all(axis=1), "bottom": dark[bottom:bottom + 3, left:right].all(axis=1)}
+    assert all(found.any() for found in sides.values()), (box, {k: v.tolist() for k, v in sides.items()})
+    assert not inner.all(axis=0).any() and not inner.all(axis=1).any(), box
