@@ -256,6 +256,6 @@ def test_no_credential_reaches_the_run_dir_the_report_or_the_logs(ray_head, ceph
     logs = {"job output": job_output.encode()}
     if ray_head.state_dir is not None:  # the driver's log files on the head, as Ray keeps them
         logs.update({str(p): p.read_bytes() for p in pathlib.Path(ray_head.state_dir).rglob("job-driver-*.log")})
-    leaked = [o for o in objects if any(s in fs.cat_file(o) for s in secrets)]
+    leaked = [o for o, data in fs.cat(objects).items() if any(s in data for s in secrets)]  # fetched concurrently
     leaked += [name for name, data in logs.items() if any(s in data for s in secrets)]
     assert leaked == []
