@@ -112,7 +112,10 @@ def line_plot(series: list[Series], title: str, ylabel: str, xlabel: str = "gene
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    xs = [x for s in series for x in s.x]
+    if xs and max(xs) - min(xs) < 1:   # one generation: its tick alone, centred (was 0.968 ... 1.032)
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
     ax.grid(alpha=0.3)
     if series or references:
         fig.legend(loc="outside lower center", ncol=min(3, len(series) + len(references)), fontsize=7, frameon=False)
