@@ -30,6 +30,7 @@ import numpy as np
 
 from collapse.data import directories, manifest, storage
 from collapse.errors import DataError, check_int
+from collapse.imports import from_diffusers, hidden
 
 CHECKPOINTS = "checkpoints"
 
@@ -129,10 +130,11 @@ def train_loop_per_worker(config: dict) -> None:
     on_gpu = torch.cuda.is_available()
     os.environ["DS_ACCELERATOR"] = "cuda" if on_gpu else "cpu"
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")
-    with _hidden("mlflow"):  # DeepSpeed's autotuner imports it when installed: ~1 s of every worker's start
+    with hidden("mlflow"):  # DeepSpeed's autotuner imports it when installed: ~1 s of every worker's start
         import deepspeed
     import torch.distributed as dist
-    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    get_cosine_schedule_with_warmup, = from_diffusers("get_cosine_schedule_with_warmup")
 
     from collapse import diffusion
     from collapse.data.samples import SampleSet
@@ -277,22 +279,6 @@ def _spool_errors(what: str):
         if enospc or shutil.disk_usage(storage.spool_dir()).free < 16 * 2 ** 20:
             raise storage.full_spool(e, what) from e
         raise
-
-
-@contextlib.contextmanager
-def _hidden(module: str):
-    """``import module`` fails inside (ImportError, as if it were not installed), unless it was imported
-    already; afterwards it imports as usual. For an optional import of a library that we do not use
-    there (docs/PLATFORM.md)."""
-    if module in sys.modules:
-        yield
-        return
-    sys.modules[module] = None
-    try:
-        yield
-    finally:
-        if sys.modules.get(module, 0) is None:
-            del sys.modules[module]
 
 
 def _quiet_reports() -> None:

@@ -62,6 +62,34 @@ def test_a_driver_and_a_stage_runner_check_and_plan_every_preset_without_diffuse
     assert diffusion.UNET_PRESETS is diffusion.models.UNET_PRESETS and callable(diffusion.build_unet)
 
 
+def test_a_process_that_trains_and_samples_a_unet_loads_no_transformers_and_dinov2_still_loads(tmp_path):
+    """A sampler actor's or a training worker's imports (collapse.imports.from_diffusers): the UNet is
+    built, saved, loaded and sampled, with the learning-rate schedule a worker takes from diffusers,
+    and transformers (~1.1 s of each such process, for nothing it uses) is not imported. In the same
+    process DINOv2 then loads through transformers as usual, and diffusers' pipeline after it."""
+    code = ("import sys\n"
+            "from collapse import diffusion\n"
+            "from collapse.imports import from_diffusers\n"
+            f"from tests.paper_data import random_dinov2_dir\n"
+            "unet, sched = diffusion.build('tiny')\n"
+            f"diffusion.save_model(unet, sched, {str(tmp_path / 'model')!r})\n"
+            f"unet, sched = diffusion.load_model({str(tmp_path / 'model')!r})\n"
+            "images = diffusion.sample(unet, sched, [1, 2], method='ddim', steps=2)\n"
+            "warmup, = from_diffusers('get_cosine_schedule_with_warmup')\n"
+            "print(images.shape, callable(warmup), 'transformers' in sys.modules)\n"
+            f"d = random_dinov2_dir({str(tmp_path / 'dinov2')!r})\n"
+            "from collapse.features import get_extractor\n"
+            "f = get_extractor('dinov2', model_id=d)(images)\n"
+            "from diffusers import DDPMPipeline\n"
+            f"pipe = DDPMPipeline.from_pretrained({str(tmp_path / 'model')!r})\n"
+            "print(f.shape, type(pipe.unet).__name__, 'transformers' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, then = out.stdout.strip().splitlines()[-2:]
+    assert first.endswith("True False") and first.startswith("(2, "), out.stdout
+    assert then == "(2, 32) UNet2DModel True", out.stdout
+
+
 def test_the_rule_catches_a_violation(tmp_path):
     f = tmp_path / "x.py"
     f.write_text("import ray.train\nfrom deepspeed import ops\n")

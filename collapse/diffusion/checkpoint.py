@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from collapse.imports import from_diffusers
+
+# imported without transformers (collapse/imports.py)
+DDPMPipeline, DDPMScheduler, UNet2DModel = from_diffusers("DDPMPipeline", "DDPMScheduler", "UNet2DModel")
 
 
 def save_model(unet: UNet2DModel, scheduler: DDPMScheduler, local_dir: str | os.PathLike) -> None:

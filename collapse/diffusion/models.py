@@ -35,7 +35,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+
+from collapse.imports import from_diffusers
+
+# imported without transformers (collapse/imports.py)
+DDPMScheduler, UNet2DModel = from_diffusers("DDPMScheduler", "UNet2DModel")
 
 from collapse.diffusion.presets import UNET_PRESETS, UNetPreset  # noqa: F401  (re-exported)
 

@@ -42,7 +42,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+
+from collapse.imports import from_diffusers
+
+# imported without transformers (collapse/imports.py)
+DDIMScheduler, DDPMScheduler = from_diffusers("DDIMScheduler", "DDPMScheduler")
 
 from collapse.diffusion.images import tensor_to_images
 from collapse.diffusion.models import null_class
