@@ -24,8 +24,12 @@ demo: $(STAMP) system-demo
 demo-quick: $(STAMP) system-demo
 	$(VENV)/bin/collapse run --config tiny --run-dir runs/demo-quick $(ARGS)
 
+# The suite on TEST_WORKERS pytest-xdist workers (0: in this process). --dist loadscope keeps a module's
+# tests, and its module-scoped run, on one worker; tests/conftest.py orders the modules longest first.
+# Alone, a whole run on a Ray leaves ~30% of two cores idle (process starts, polls); two workers fill it.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fault matrix (faults/test_faults.py): real runs of the tiny preset on the local Ceph gateway with
 # a fault injected into each, compared with an undisturbed run; prints the table. ~40 min on 2 cores.

@@ -10,7 +10,8 @@ Fixtures:
   three_nodes module: a cluster of three nodes on 127.0.0.1 (ray.cluster_utils.Cluster): a head with no
              CPUs and two worker nodes of 2 CPUs. Not connected: drivers join it with --address.
   ray_local  session: ``cluster.runtime.connect(num_cpus=4)`` in the test process (Ray started by
-             ``ray.init`` as children of pytest, on 127.0.0.1), ``ray.shutdown()`` at the end.
+             ``ray.init`` as children of pytest, on 127.0.0.1), ``ray.shutdown()`` at the end. Its
+             workers, and this process, stage in a spool of their own ($COLLAPSE_SPOOL).
              For tests that call stages directly. It is a cluster of its own, not the head.
 """
 
@@ -121,23 +122,28 @@ def ray_head(tmp_path_factory) -> RayHead:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(tmp_path_factory):
     already = sys.modules.get("ray._private.ray_constants")
     if already is not None and already.ENABLE_RAY_CLUSTER:
         pytest.fail("ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set: a local Ray "
                     "would listen on every interface. Import `cluster` before ray.", pytrace=False)
     from cluster.runtime import connect
+    from collapse.data.storage import SPOOL_ENV
 
-    with pytest.MonkeyPatch.context() as mp:  # in the test process, whatever head RAY_ADDRESS names
-        mp.delenv("RAY_ADDRESS", raising=False)
-        ray = connect(num_cpus=4)
-    try:
-        yield ray
-    finally:
+    # A spool of its own (the workers' staging directories), which its workers inherit: a test that
+    # looks for staging left behind sees only this Ray's, not those of another test process's runs.
+    with pytest.MonkeyPatch.context() as session:
+        session.setenv(SPOOL_ENV, str(tmp_path_factory.mktemp("spool")))
+        with pytest.MonkeyPatch.context() as mp:  # in the test process, whatever head RAY_ADDRESS names
+            mp.delenv("RAY_ADDRESS", raising=False)
+            ray = connect(num_cpus=4)
         try:
-            ray.shutdown()
-        except Exception as e:  # noqa: BLE001 - teardown must not hide the tests' own results
-            warnings.warn(f"ray.shutdown() failed: {e!r}")
+            yield ray
+        finally:
+            try:
+                ray.shutdown()
+            except Exception as e:  # noqa: BLE001 - teardown must not hide the tests' own results
+                warnings.warn(f"ray.shutdown() failed: {e!r}")
 
 
 @pytest.fixture(scope="module")
