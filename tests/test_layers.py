@@ -70,7 +70,7 @@ def test_a_process_that_trains_and_samples_a_unet_loads_no_transformers_and_dino
     code = ("import sys\n"
             "from collapse import diffusion\n"
             "from collapse.imports import from_diffusers\n"
-            f"from tests.paper_data import random_dinov2_dir\n"
+            "from tests.paper_data import random_dinov2_dir\n"
             "unet, sched = diffusion.build('tiny')\n"
             f"diffusion.save_model(unet, sched, {str(tmp_path / 'model')!r})\n"
             f"unet, sched = diffusion.load_model({str(tmp_path / 'model')!r})\n"
